@@ -1,0 +1,1 @@
+"""Hydra entry points: compose conf/, launch federations through Flower, report and plot."""

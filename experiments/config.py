@@ -1,0 +1,75 @@
+"""From the composed Hydra config to Flower's flat run config, checked before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from protocol.settings import RunSettings
+from tasks.datasets import load_dataset
+from tasks.local import MODES
+from tasks.models import MODELS
+from tasks.partition import client_partitions, specs_from_settings, split_train_val
+
+_NOT_IN_CFG = {"output_dir"}
+
+
+def to_settings(cfg: DictConfig, output_dir: str = "") -> RunSettings:
+    """The one conversion from a composed config to :class:`RunSettings` (then validated).
+
+    Every field of ``RunSettings`` names the Hydra key it reads (``privacy.target_epsilon``).
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(RunSettings):
+        if f.name in _NOT_IN_CFG:
+            continue
+        value = OmegaConf.select(cfg, f.metadata["key"], throw_on_missing=True)
+        if value is None:
+            raise ValueError(f"{f.metadata['key']} is missing from the config")
+        values[f.name] = value
+    return RunSettings(**values, output_dir=output_dir).validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCheck:
+    """What :func:`check_data` learnt: client sizes after the train/validation split."""
+
+    train_sizes: tuple[int, ...]
+    test_size: int
+
+
+def check_data(settings: RunSettings) -> DataCheck:
+    """Checks that need the data: the model exists, each client gets data, delta fits.
+
+    Raises
+    ------
+    ValueError
+        Naming the setting and the value, e.g. when ``privacy.delta`` is not below one over
+        the smallest client's number of training examples.
+    """
+    if settings.model_name not in MODELS:
+        raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {settings.model_name!r}")
+    if settings.privacy_mode not in MODES:
+        raise ValueError(f"privacy.mode must be one of {sorted(MODES)}, got {settings.privacy_mode!r}")
+    dspec, pspec = specs_from_settings(settings)
+    bundle = load_dataset(dspec)
+    parts = client_partitions(dspec, pspec)
+    sizes = []
+    for pid, idx in enumerate(parts):
+        if len(idx) == 0:
+            raise ValueError(
+                f"federation.num_clients={settings.num_clients} is more clients than "
+                f"federation.partitioner={settings.partitioner!r} can give data: client {pid} "
+                "gets no examples"
+            )
+        train, _ = split_train_val(idx, settings.val_fraction, pspec.seed, pid)
+        sizes.append(len(train))
+    smallest = min(sizes)
+    if settings.privacy_mode != "none" and settings.privacy_delta >= 1.0 / smallest:
+        raise ValueError(
+            f"privacy.delta must be below 1/n for the smallest client (n={smallest}, "
+            f"1/n={1.0 / smallest:.3g}), got {settings.privacy_delta:g}"
+        )
+    return DataCheck(tuple(sizes), len(bundle.y_test))

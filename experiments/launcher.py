@@ -1,0 +1,268 @@
+"""Run the apps on Flower's simulation engine: a private SuperLink on loopback, stopped by PID.
+
+``flwr run`` with the default local connection leaves a detached SuperLink behind and may
+``uv sync`` the app's dependencies; this module instead starts its own ``flower-superlink
+--simulation`` on a free loopback port with its own ``FLWR_HOME``, submits the run with
+``flwr run``, follows it with ``flwr ls`` (``flwr run`` exits 0 even when the ServerApp fails),
+and stops every process it started (the SuperLink and all its descendants, Ray included) on
+success, error and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+CONNECTION = "fedpriv"
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside the running interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode} at start")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:g} s")
+
+
+def stop_process_tree(proc: psutil.Process | subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Terminate ``proc`` and every descendant by PID: SIGTERM, then SIGKILL after ``grace``."""
+    try:
+        root = psutil.Process(proc.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    if isinstance(proc, subprocess.Popen):
+        proc.wait(timeout=5)
+
+
+@dataclass
+class RunStatus:
+    """A run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
+
+    text: str
+    details: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """True once the run ended, however it ended."""
+        return self.text.startswith("finished")
+
+    @property
+    def completed(self) -> bool:
+        """True only for a run that finished without error."""
+        return self.text == "finished:completed"
+
+
+class LocalSimulation:
+    """A SuperLink in simulation mode, owned by this process (a context manager).
+
+    Parameters
+    ----------
+    workdir
+        Holds ``FLWR_HOME`` (the connection config, the SuperLink's state) and its log.
+    num_supernodes, client_cpus, client_gpus
+        The simulated federation: one SuperNode per client, resources per ClientApp.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        num_supernodes: int,
+        client_cpus: int = 1,
+        client_gpus: float = 0.0,
+        app_dir: Path = REPO,
+    ) -> None:
+        self.workdir = workdir
+        self.flwr_home = workdir / ".flwr"
+        self.num_supernodes = num_supernodes
+        self.client_cpus = client_cpus
+        self.client_gpus = client_gpus
+        self.app_dir = app_dir
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for every Flower process: own home, no telemetry, no ``uv sync``."""
+        env = dict(os.environ)
+        env |= {
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "RAY_DEDUP_LOGS": "0",
+            # Flower starts its helpers (flower-superexec, flwr-serverapp) by name.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+        return env
+
+    def __enter__(self) -> LocalSimulation:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self._log = open(self.workdir / "superlink.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                _bin("flower-superlink"),
+                "--simulation",
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_for_port(self.port, self.proc, timeout=60)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            stop_process_tree(self.proc)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # ------------------------------------------------------------------ runs
+    def _flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_bin("flwr"), *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def submit(self, run_config: Mapping[str, Any]) -> int:
+        """Start the app with ``run_config``; returns the run id."""
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        federation = (
+            f"num-supernodes={self.num_supernodes} "
+            f"client-resources-num-cpus={self.client_cpus} "
+            f"client-resources-num-gpus={float(self.client_gpus)} "
+            f"init-args-num-cpus={max(os.cpu_count() or 1, self.client_cpus)}"
+        )
+        res = self._flwr(
+            "run",
+            str(self.app_dir),
+            CONNECTION,
+            "--run-config",
+            overrides,
+            "--federation-config",
+            federation,
+            "--format",
+            "json",
+        )
+        try:
+            payload = json.loads(res.stdout[res.stdout.index("{") :])
+            return int(payload["run-id"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise RuntimeError(f"flwr run failed:\n{res.stdout}\n{res.stderr}") from err
+
+    def status(self, run_id: int) -> RunStatus:
+        """The run's status from ``flwr ls`` (the exit code of ``flwr run`` tells nothing)."""
+        res = self._flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        try:
+            payload = json.loads(res.stdout[res.stdout.index("{") :])
+            run = payload["runs"][0]
+            return RunStatus(str(run["status"]), str(run.get("status-details", "")))
+        except (ValueError, KeyError, IndexError) as err:
+            raise RuntimeError(f"flwr ls failed:\n{res.stdout}\n{res.stderr}") from err
+
+    def stop(self, run_id: int) -> None:
+        """Ask the SuperLink to stop a run (best effort)."""
+        self._flwr("stop", str(run_id), CONNECTION, timeout=30)
+
+    def follow(
+        self,
+        run_id: int,
+        on_tick: Callable[[], None] = lambda: None,
+        poll: float = 2.0,
+        timeout: float | None = None,
+    ) -> RunStatus:
+        """Poll until the run finishes, calling ``on_tick`` between polls; stop it on Ctrl-C."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        logs = subprocess.Popen(
+            [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=open(self.workdir / "run.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                on_tick()
+                status = self.status(run_id)
+                if status.finished:
+                    on_tick()
+                    return status
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"flower-superlink died (exit {self.proc.returncode})")
+                if deadline is not None and time.monotonic() > deadline:
+                    self.stop(run_id)
+                    raise TimeoutError(f"run {run_id} did not finish within {timeout:g} s")
+                time.sleep(poll)
+        except KeyboardInterrupt:
+            self.stop(run_id)
+            raise
+        finally:
+            stop_process_tree(logs, grace=2)

@@ -1,0 +1,146 @@
+"""``python -m experiments.run [key=value ...]``: one federated, differentially private run.
+
+1. Compose ``conf/`` and validate it (types by the schema, values by ``RunSettings`` and the
+   data checks) before any process starts.
+2. Start a private simulation SuperLink and submit the ServerApp/ClientApp with the flat config.
+3. Follow the run, printing one line per round, until Flower reports it finished.
+4. Write the tables and the plot into Hydra's output directory and print a summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import check_data, to_settings
+from experiments.launcher import LocalSimulation
+from experiments.report import plot_run, privacy_table
+from experiments.schema import register_schema
+from protocol.settings import RunSettings
+
+log = logging.getLogger("fedpriv")
+register_schema()
+
+
+class RoundPrinter:
+    """Print each new row of ``metrics.csv`` as the ServerApp writes it."""
+
+    def __init__(self, out_dir: Path, settings: RunSettings) -> None:
+        self.path = out_dir / "metrics.csv"
+        self.settings = settings
+        self.seen = 0
+
+    def __call__(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            rows = pd.read_csv(self.path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            return
+        for row in rows.iloc[self.seen :].to_dict("records"):
+            print(self.format(row), flush=True)
+        self.seen = len(rows)
+
+    def format(self, row: dict) -> str:
+        """One line: round, test accuracy and loss, epsilon so far, clients, round time."""
+        eps = row.get("epsilon_max", math.nan)
+        eps_text = f"{eps:.3f}" if isinstance(eps, float) and math.isfinite(eps) else "-"
+        if self.settings.privacy_mode == "none":
+            eps_text = "inf (no privacy)"
+        line = (
+            f"round {int(row['round']):>3}/{self.settings.num_rounds} | "
+            f"test acc {row['test_accuracy']:.4f} | loss {row['test_loss']:.4f} | "
+            f"epsilon {eps_text}"
+        )
+        if int(row["round"]) > 0:
+            line += (
+                f" | clients {int(row['participants'])} trained, {int(row['declined'])} declined,"
+                f" {int(row['failed'])} failed | {row['round_seconds']:.1f} s"
+            )
+        return line
+
+
+def run_federation(settings: RunSettings, client_cpus: int, client_gpus: float) -> dict:
+    """Steps 2-4 for validated settings whose ``output_dir`` is set; returns the summary."""
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    printer = RoundPrinter(out, settings)
+    with LocalSimulation(out, settings.num_clients, client_cpus, client_gpus) as sim:
+        run_id = sim.submit(settings.to_run_config())
+        print(f"run {run_id} submitted; logs in {out / 'run.log'}", flush=True)
+        status = sim.follow(run_id, on_tick=printer)
+    summary_path = out / "summary.json"
+    if not status.completed or not summary_path.exists():
+        tail = _tail(out / "run.log", 30)
+        raise RuntimeError(
+            f"run {run_id} ended as {status.text!r} {status.details}\n--- last lines of run.log\n"
+            f"{tail}"
+        )
+    summary = json.loads(summary_path.read_text())
+    metrics = pd.read_csv(out / "metrics.csv")
+    privacy_table(out).to_csv(out / "privacy.csv", index=False)
+    plot_run(
+        metrics,
+        out / "accuracy_epsilon.png",
+        f"{settings.dataset_name} / {settings.model_name} / {settings.privacy_mode}, "
+        f"{settings.num_clients} clients",
+    )
+    return summary
+
+
+def _tail(path: Path, n: int) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns the final test accuracy (for sweepers)."""
+    out_dir = HydraConfig.get().runtime.output_dir
+    settings = to_settings(cfg, output_dir=str(Path(out_dir).resolve()))  # 1. validate
+    check = check_data(settings)
+    (Path(out_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    print(
+        f"fedpriv: {settings.num_clients} clients ({min(check.train_sizes)}-"
+        f"{max(check.train_sizes)} training examples each), {settings.num_rounds} rounds, "
+        f"{settings.dataset_name}/{settings.model_name}, privacy={settings.privacy_mode}"
+        + (
+            f" (epsilon {settings.privacy_target_epsilon:g}, delta {settings.privacy_delta:g})"
+            if settings.privacy_mode != "none"
+            else ""
+        ),
+        flush=True,
+    )
+    summary = run_federation(  # 2-4
+        settings, cfg.federation.client_cpus, cfg.federation.client_gpus
+    )
+    eps = summary.get("epsilon_max")
+    print(
+        f"done: test accuracy {summary['final_test_accuracy']:.4f} after {summary['rounds']} "
+        f"rounds, max client epsilon {eps if eps is None else round(eps, 3)}, "
+        f"{summary['wall_seconds']:.0f} s; results in {out_dir}",
+        flush=True,
+    )
+    return float(summary["final_test_accuracy"])
+
+
+def cli() -> None:
+    """Run :func:`main`, turning configuration errors into one readable line and exit code 2."""
+    try:
+        main()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,80 @@
+"""Structured-config schema for ``conf/``: every key, its type and its default.
+
+Hydra merges the YAML groups into these dataclasses, so a misspelt key or a value of the wrong
+type fails at composition; value ranges are checked by
+:meth:`protocol.settings.RunSettings.validate` and :func:`experiments.config.check_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DatasetConf:
+    """``dataset=``: which data, and for Hugging Face sources the hub name and columns."""
+
+    name: str = "digits"
+    hf_name: str = ""
+    feature_key: str = "image"
+    label_key: str = "label"
+
+
+@dataclass
+class ModelConf:
+    """``model=``: a registered model and its hidden width."""
+
+    name: str = "mlp"
+    hidden: int = 64
+
+
+@dataclass
+class PrivacyConf:
+    """``privacy=``: the mechanism and its per-client budget over the whole run."""
+
+    mode: str = "dpsgd"
+    target_epsilon: float = 4.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    secure_rng: bool = False
+
+
+@dataclass
+class FederationConf:
+    """``federation=``: clients, rounds, local training and how data is split."""
+
+    engine: str = "simulation"
+    num_clients: int = 3
+    rounds: int = 3
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.5
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+    val_fraction: float = 0.1
+    round_timeout: float = 600.0
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+
+
+@dataclass
+class FedPrivConf:
+    """The whole composed config (``conf/config.yaml``)."""
+
+    seed: int = 0
+    device: str = "auto"
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)
+    federation: FederationConf = field(default_factory=FederationConf)
+
+
+def register_schema() -> None:
+    """Register the schema as ``fedpriv_schema`` for ``conf/config.yaml``'s defaults list."""
+    ConfigStore.instance().store(name="fedpriv_schema", node=FedPrivConf)

@@ -1,0 +1,1 @@
+"""The ClientApp: local training under a privacy mechanism, and local evaluation."""

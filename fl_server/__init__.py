@@ -1,0 +1,1 @@
+"""The ServerApp: sampling, weighted aggregation, central evaluation and checkpoints."""

@@ -1,0 +1,99 @@
+"""Per-round results written as they happen, so a crash loses at most the round in flight.
+
+Files in the run's output directory:
+
+``metrics.csv``   one row per round (round 0 is the initial model)
+``clients.csv``   one row per client and round: status, weight, epsilon, loss, reason
+``final_model.npz``  the final global weights (numpy, no pickle)
+``summary.json``  written last; its presence means the run completed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .strategy import RoundLog
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Collect round rows and client rows; rewrite the CSVs atomically after every round."""
+
+    def __init__(self, out_dir: Path, num_rounds: int) -> None:
+        self.out_dir = out_dir
+        self.num_rounds = num_rounds
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.rounds: list[dict[str, Any]] = []
+        self.clients: list[dict[str, Any]] = []
+        self.started = time.time()
+
+    def record_round(
+        self, server_round: int, test_loss: float, test_accuracy: float, log: RoundLog | None
+    ) -> dict[str, Any]:
+        """Add one round's row (and its clients' rows) and flush both tables to disk."""
+        row: dict[str, Any] = {
+            "round": server_round,
+            "test_accuracy": test_accuracy,
+            "test_loss": test_loss,
+        }
+        if log is not None:
+            outcomes = log.outcomes
+            trained = [o for o in outcomes if o.status == "trained"]
+            eps = [o.epsilon for o in outcomes if math.isfinite(o.epsilon)]
+            secs = [o.train_seconds for o in trained if math.isfinite(o.train_seconds)]
+            row |= {
+                "val_accuracy": log.val_accuracy,
+                "val_loss": log.val_loss,
+                "train_loss": sum(o.weight * o.train_loss for o in trained) if trained else math.nan,
+                "participants": len(trained),
+                "declined": sum(o.status == "declined" for o in outcomes),
+                "failed": sum(o.status == "failed" for o in outcomes),
+                "epsilon_max": max(eps) if eps else math.nan,
+                "epsilon_mean": float(np.mean(eps)) if eps else math.nan,
+                "kept_previous_model": log.kept_previous_model,
+                "round_seconds": time.perf_counter() - log.started,
+                "client_train_seconds_max": max(secs) if secs else math.nan,
+                "client_train_seconds_sum": sum(secs),
+            }
+            self.clients.extend(dataclasses.asdict(o) for o in outcomes)
+        self.rounds.append(row)
+        self.flush()
+        return row
+
+    def flush(self) -> None:
+        """Rewrite ``metrics.csv`` and ``clients.csv``."""
+        for name, rows in (("metrics.csv", self.rounds), ("clients.csv", self.clients)):
+            frame = pd.DataFrame(rows)
+            _atomic_write(self.out_dir / name, lambda p, f=frame: f.to_csv(p, index=False))
+
+    def finish(self, weights: dict[str, np.ndarray], extra: dict[str, Any]) -> dict[str, Any]:
+        """Save the final model and ``summary.json`` (the run's completion mark)."""
+        _atomic_write(self.out_dir / "final_model.npz", lambda p: np.savez(p, **weights))
+        last = self.rounds[-1] if self.rounds else {}
+        eps = [r.get("epsilon_max", math.nan) for r in self.rounds]
+        eps = [e for e in eps if isinstance(e, float) and math.isfinite(e)]
+        summary = {
+            "status": "completed",
+            "rounds": len(self.rounds) - 1,
+            "final_test_accuracy": last.get("test_accuracy"),
+            "final_test_loss": last.get("test_loss"),
+            "epsilon_max": max(eps) if eps else None,
+            "wall_seconds": time.time() - self.started,
+        } | extra
+        text = json.dumps(summary, indent=2, default=float)
+        _atomic_write(self.out_dir / "summary.json", lambda p: Path(p).write_text(text))
+        return summary

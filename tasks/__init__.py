@@ -1,0 +1,1 @@
+"""Datasets, partitioning, models and plain training loops (no Flower, no privacy)."""

@@ -1,0 +1,88 @@
+"""Plain PyTorch training and evaluation loops, and device selection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``/``cuda[:N]`` are taken as given.
+
+    Raises
+    ------
+    ValueError
+        If CUDA is asked for and none is available.
+    """
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={preference!r} but no CUDA device is available; use device=cpu")
+    return torch.device(preference)
+
+
+def make_loader(
+    x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator, shuffle: bool = True
+) -> DataLoader:
+    """A DataLoader over in-memory arrays, shuffled with an explicit generator."""
+    ds = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+@dataclass
+class TrainStats:
+    """What a local training session did."""
+
+    loss: float
+    steps: int
+    examples_seen: int
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    device: torch.device,
+) -> TrainStats:
+    """Run ``epochs`` passes of cross-entropy SGD; returns the mean loss over steps."""
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    total, steps, seen = 0.0, 0, 0
+    for _ in range(epochs):
+        for xb, yb in loader:
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            xb, yb = xb.to(device), yb.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+            seen += len(yb)
+    return TrainStats(total / max(steps, 1), steps, seen)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int = 1024
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb = torch.as_tensor(x[start : start + batch_size]).to(device)
+        yb = torch.as_tensor(y[start : start + batch_size]).to(device)
+        out = model(xb)
+        loss += float(criterion(out, yb))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss / len(y), correct / len(y)
