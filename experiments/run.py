@@ -106,8 +106,12 @@ def _tail(path: Path, n: int) -> str:
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the final test accuracy (for sweepers)."""
     out_dir = HydraConfig.get().runtime.output_dir
-    settings = to_settings(cfg, output_dir=str(Path(out_dir).resolve()))  # 1. validate
-    check = check_data(settings)
+    try:  # 1. validate everything before any process starts
+        settings = to_settings(cfg, output_dir=str(Path(out_dir).resolve()))
+        check = check_data(settings)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     (Path(out_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(
         f"fedpriv: {settings.num_clients} clients ({min(check.train_sizes)}-"
@@ -133,14 +137,5 @@ def main(cfg: DictConfig) -> float:
     return float(summary["final_test_accuracy"])
 
 
-def cli() -> None:
-    """Run :func:`main`, turning configuration errors into one readable line and exit code 2."""
-    try:
-        main()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    cli()
+    main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import math
 
@@ -25,8 +27,22 @@ from .ledger_store import LedgerStore, ledger_path
 app = ClientApp()
 log = logging.getLogger("fedpriv.client")
 
-# Per-process caches: a simulated client's worker serves many rounds (and many clients).
-_PLANS: dict[tuple[str, int], dict[str, DpSgdPlan]] = {}
+PLAN_KEY = "fedpriv-plan"
+
+
+def _load_plans(context: Context) -> dict[str, DpSgdPlan]:
+    """The client's calibrated plan, kept in the node state so it is computed once per run."""
+    record = context.state.config_records.get(PLAN_KEY)
+    if record is None:
+        return {}
+    return {name: DpSgdPlan(**json.loads(str(text))) for name, text in record.items()}
+
+
+def _save_plans(context: Context, plans: dict[str, DpSgdPlan]) -> None:
+    if plans:
+        context.state.config_records[PLAN_KEY] = ConfigRecord(
+            {name: json.dumps(dataclasses.asdict(plan)) for name, plan in plans.items()}
+        )
 
 
 def _identity(context: Context, settings: RunSettings) -> tuple[int, int]:
@@ -82,9 +98,10 @@ def train(msg: Message, context: Context) -> Message:
         server_round=server_round,
         seed=derive_seed(settings.seed, pid, server_round),
         ledger=store,
-        plan_cache=_PLANS.setdefault((str(context.run_id), pid), {}),
+        plan_cache=_load_plans(context),
     )
     result = get_mode(settings.privacy_mode)(task)
+    _save_plans(context, task.plan_cache)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: result.num_examples,

@@ -110,7 +110,14 @@ class RunSettings:
 
     def _require(self, name: str, ok: bool, what: str) -> None:
         if not ok:
-            raise ValueError(f"{self.setting_name(name)} {what}, got {getattr(self, name)!r}")
+            raise ValueError(f"{self.setting_name(name)} {what}, got {show(getattr(self, name))}")
+
+
+def show(value: Any) -> str:
+    """A value as a user would have typed it: ``-1`` not ``-1.0``, strings quoted."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return repr(value)
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
