@@ -52,7 +52,9 @@ def check_data(settings: RunSettings) -> DataCheck:
     if settings.model_name not in MODELS:
         raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {settings.model_name!r}")
     if settings.privacy_mode not in MODES:
-        raise ValueError(f"privacy.mode must be one of {sorted(MODES)}, got {settings.privacy_mode!r}")
+        raise ValueError(
+            f"privacy.mode must be one of {sorted(MODES)}, got {settings.privacy_mode!r}"
+        )
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     parts = client_partitions(dspec, pspec)

@@ -39,6 +39,7 @@ class RoundPrinter:
         self.seen = 0
 
     def __call__(self) -> None:
+        """Print the rows added since the last call."""
         if not self.path.exists():
             return
         try:

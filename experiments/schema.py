@@ -40,6 +40,7 @@ class PrivacyConf:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     secure_rng: bool = False
+    grad_sample_mode: str = "ew"
 
 
 @dataclass

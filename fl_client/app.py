@@ -16,11 +16,10 @@ from privacy.dpsgd import DpSgdPlan
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
+from tasks.local import LocalTask, get_mode
 from tasks.models import ModelSpec, build_model, set_weights
 from tasks.partition import ClientData, load_client_data, specs_from_settings
 from tasks.training import evaluate, select_device
-
-from tasks.local import LocalTask, get_mode
 
 from .ledger_store import LedgerStore, ledger_path
 
@@ -83,7 +82,7 @@ def train(msg: Message, context: Context) -> Message:
     data = _client_data(settings, pid, num)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)  # type: ignore[attr-defined]
-    server_round = int(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND])
+    server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
     store = LedgerStore(
         context,
         ledger_path(dict(context.node_config), settings.output_dir, pid),

@@ -12,8 +12,8 @@ from flwr.supercore import log
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import DataBundle, load_dataset
-from tasks.partition import specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
+from tasks.partition import specs_from_settings
 from tasks.training import evaluate, select_device
 
 from .recorder import RunRecorder
@@ -62,7 +62,9 @@ class CentralEvaluation:
 
 
 def _model_spec(settings: RunSettings, bundle: DataBundle) -> ModelSpec:
-    return ModelSpec(settings.model_name, bundle.input_shape, bundle.num_classes, settings.model_hidden)
+    return ModelSpec(
+        settings.model_name, bundle.input_shape, bundle.num_classes, settings.model_hidden
+    )
 
 
 @app.main()

@@ -58,7 +58,9 @@ class RunRecorder:
             row |= {
                 "val_accuracy": log.val_accuracy,
                 "val_loss": log.val_loss,
-                "train_loss": sum(o.weight * o.train_loss for o in trained) if trained else math.nan,
+                "train_loss": sum(o.weight * o.train_loss for o in trained)
+                if trained
+                else math.nan,
                 "participants": len(trained),
                 "declined": sum(o.status == "declined" for o in outcomes),
                 "failed": sum(o.status == "failed" for o in outcomes),
@@ -82,7 +84,7 @@ class RunRecorder:
 
     def finish(self, weights: dict[str, np.ndarray], extra: dict[str, Any]) -> dict[str, Any]:
         """Save the final model and ``summary.json`` (the run's completion mark)."""
-        _atomic_write(self.out_dir / "final_model.npz", lambda p: np.savez(p, **weights))
+        _atomic_write(self.out_dir / "final_model.npz", lambda p: np.savez(p, **weights))  # type: ignore[arg-type]
         last = self.rounds[-1] if self.rounds else {}
         eps = [r.get("epsilon_max", math.nan) for r in self.rounds]
         eps = [e for e in eps if isinstance(e, float) and math.isfinite(e)]

@@ -47,7 +47,9 @@ class ClientOutcome:
 Weighting = Callable[[list[ClientOutcome], list[dict[str, np.ndarray]]], list[float]]
 
 
-def weight_by_examples(outcomes: list[ClientOutcome], _: list[dict[str, np.ndarray]]) -> list[float]:
+def weight_by_examples(
+    outcomes: list[ClientOutcome], _: list[dict[str, np.ndarray]]
+) -> list[float]:
     """FedAvg's weights: each client's number of training examples."""
     return [float(o.num_examples) for o in outcomes]
 
@@ -63,7 +65,15 @@ class RoundLog:
     val_accuracy: float = float("nan")
 
 
-class NoClientSucceeded(RuntimeError):
+def _number(record: MetricRecord, key: str, default: float) -> float:
+    """A scalar entry of a MetricRecord (lists are not expected here)."""
+    value = record.get(key, default)
+    if isinstance(value, list):
+        raise ValueError(f"metric {key!r} must be a scalar, got a list")
+    return float(value)
+
+
+class NoClientSucceededError(RuntimeError):
     """Raised when every sampled client of a round failed."""
 
 
@@ -109,7 +119,12 @@ class WeightedFedAvg(FedAvg):
         return sorted(self._rng.sample(nodes, size))
 
     def _messages(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int], kind: str
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: list[int],
+        kind: str,
     ) -> list[Message]:
         config[keys.SERVER_ROUND] = server_round
         record = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
@@ -144,14 +159,14 @@ class WeightedFedAvg(FedAvg):
         if metrics is None:
             out.reason = f"reply has no '{keys.METRICS}' record"
             return out, None
-        out.partition_id = int(metrics.get(keys.PARTITION_ID, -1))
-        out.num_examples = int(metrics.get(keys.NUM_EXAMPLES, 0))
-        out.epsilon = float(metrics.get(keys.EPSILON, float("nan")))
-        out.train_loss = float(metrics.get(keys.TRAIN_LOSS, float("nan")))
-        out.train_seconds = float(metrics.get(keys.TRAIN_SECONDS, float("nan")))
+        out.partition_id = int(_number(metrics, keys.PARTITION_ID, -1))
+        out.num_examples = int(_number(metrics, keys.NUM_EXAMPLES, 0))
+        out.epsilon = _number(metrics, keys.EPSILON, float("nan"))
+        out.train_loss = _number(metrics, keys.TRAIN_LOSS, float("nan"))
+        out.train_seconds = _number(metrics, keys.TRAIN_SECONDS, float("nan"))
         status = content.config_records.get(keys.STATUS)
         out.reason = str(status.get(keys.REASON, "")) if status is not None else ""
-        if int(metrics.get(keys.DECLINED, 0)):
+        if int(_number(metrics, keys.DECLINED, 0)):
             out.status = "declined"
             return out, None
         if keys.ARRAYS not in content.array_records:
@@ -176,7 +191,7 @@ class WeightedFedAvg(FedAvg):
         failed = [o for o in log.outcomes if o.status == "failed"]
         if not trained and failed and len(failed) == len(log.outcomes):
             reasons = "; ".join(sorted({o.reason for o in failed}))
-            raise NoClientSucceeded(
+            raise NoClientSucceededError(
                 f"round {server_round}: no client succeeded ({len(failed)} failed): {reasons}"
             )
         arrays = None
@@ -189,7 +204,12 @@ class WeightedFedAvg(FedAvg):
                 for outcome, w in zip(trained, share, strict=True):
                     outcome.weight = float(w)
                 arrays = to_record(
-                    {k: sum(w * u[k] for w, u in zip(share, updates, strict=True)) for k in updates[0]}
+                    {
+                        k: np.sum(
+                            [w * u[k] for w, u in zip(share, updates, strict=True)], axis=0
+                        ).astype(ref.dtype, copy=False)
+                        for k, ref in updates[0].items()
+                    }
                 )
         log.kept_previous_model = arrays is None
         return arrays, self._train_metrics(log)
@@ -219,10 +239,12 @@ class WeightedFedAvg(FedAvg):
             if msg.has_error() or keys.METRICS not in msg.content.metric_records:
                 continue
             m = msg.content.metric_records[keys.METRICS]
-            n = int(m.get(keys.NUM_EXAMPLES, 0))
+            n = int(_number(m, keys.NUM_EXAMPLES, 0))
+            if n == 0:
+                continue
             total += n
-            loss += n * float(m.get(keys.VAL_LOSS, 0.0))
-            acc += n * float(m.get(keys.VAL_ACCURACY, 0.0))
+            loss += n * _number(m, keys.VAL_LOSS, 0.0)
+            acc += n * _number(m, keys.VAL_ACCURACY, 0.0)
         if total == 0:
             return None
         log = self.rounds.setdefault(server_round, RoundLog())

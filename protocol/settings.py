@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class RunSettings:
     privacy_max_grad_norm: float = _f("privacy.max_grad_norm", 1.0)
     privacy_accountant: str = _f("privacy.accountant", "rdp")
     privacy_secure_rng: bool = _f("privacy.secure_rng", False)
+    privacy_grad_sample_mode: str = _f("privacy.grad_sample_mode", "ew")
     num_clients: int = _f("federation.num_clients", 3)
     num_rounds: int = _f("federation.rounds", 3)
     fraction_train: float = _f("federation.fraction_train", 1.0)
@@ -103,7 +105,7 @@ class RunSettings:
             self._require("privacy_delta", 0 < self.privacy_delta < 1, "must be in (0, 1)")
         self._require(
             "device",
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "must be 'auto', 'cpu' or 'cuda[:N]'",
         )
         return self
@@ -128,12 +130,17 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in {"true", "false"}:
             return value.lower() == "true"
         raise ValueError(f"{key} must be true or false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, bool) or not float(value).is_integer():
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{key} must be a number, got {value!r}")
-        return float(value)
+    if isinstance(default, (int, float)):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or math.isnan(number):
+            raise ValueError(f"{key} must be {kind}, got {value!r}")
+        if isinstance(default, int):
+            if not number.is_integer():
+                raise ValueError(f"{key} must be {kind}, got {value!r}")
+            return int(number)
+        return number
     return str(value)

@@ -223,4 +223,6 @@ def bundle_from_hf(spec: DatasetSpec, train: object, test: object) -> DataBundle
     x_train, y_train = arrays(train)
     x_test, y_test = arrays(test)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    return DataBundle(spec.hf_name, x_train, y_train, x_test, y_test, x_train.shape[1:], num_classes)
+    return DataBundle(
+        spec.hf_name, x_train, y_train, x_test, y_test, x_train.shape[1:], num_classes
+    )

@@ -157,6 +157,7 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
         max_grad_norm=s.privacy_max_grad_norm,
         generator=gen,
         secure=s.privacy_secure_rng,
+        grad_sample_mode=s.privacy_grad_sample_mode,
     )
     start = time.perf_counter()
     stats = train_epochs(

@@ -98,7 +98,9 @@ def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
     missing = set(state) - set(weights)
     unexpected = set(weights) - set(state)
     if missing or unexpected:
-        raise ValueError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
     for key, ref in state.items():
         if tuple(ref.shape) != tuple(weights[key].shape):
             raise ValueError(

@@ -157,9 +157,7 @@ def load_client_data(
 ) -> ClientData:
     """Data of client ``partition_id``: its partition, split into train and validation."""
     if not 0 <= partition_id < pspec.num_partitions:
-        raise ValueError(
-            f"partition-id must be in [0, {pspec.num_partitions}), got {partition_id}"
-        )
+        raise ValueError(f"partition-id must be in [0, {pspec.num_partitions}), got {partition_id}")
     bundle: DataBundle = load_dataset(dspec)
     indices = client_partitions(dspec, pspec)[partition_id]
     train, val = split_train_val(indices, val_fraction, pspec.seed, partition_id)

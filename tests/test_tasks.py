@@ -106,10 +106,10 @@ def _hf_split(images: list[np.ndarray], labels: list[int]) -> datasets.Dataset:
 
 def test_bundle_from_hf_grayscale() -> None:
     rng = np.random.default_rng(0)
-    train = _hf_split([rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(6)],
-                      [0, 1, 2, 0, 1, 2])
-    test = _hf_split([np.full((28, 28), 255, dtype=np.uint8), np.zeros((28, 28), np.uint8)],
-                     [4, 0])
+    train = _hf_split(
+        [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(6)], [0, 1, 2, 0, 1, 2]
+    )
+    test = _hf_split([np.full((28, 28), 255, dtype=np.uint8), np.zeros((28, 28), np.uint8)], [4, 0])
     spec = DatasetSpec("huggingface", hf_name="tiny/mnist")
     b = bundle_from_hf(spec, train, test)
     assert b.x_train.shape == (6, 1, 28, 28)
@@ -144,6 +144,7 @@ def _check_disjoint_subset(parts: list[np.ndarray], n: int) -> None:
     assert all(len(p) > 0 for p in parts)
 
 
+@pytest.mark.filterwarnings("ignore:Classes:UserWarning")
 @pytest.mark.parametrize("method", ["iid", "dirichlet", "pathological"])
 def test_partitions_disjoint_and_deterministic(digits, method: str) -> None:
     y = digits.y_train
@@ -173,6 +174,7 @@ def test_iid_partitions_balanced_and_complete(digits) -> None:
     assert parts[0].max() - parts[0].min() > len(parts[0])
 
 
+@pytest.mark.filterwarnings("ignore:Classes:UserWarning")
 def test_pathological_clients_see_at_most_two_labels(digits) -> None:
     y = digits.y_train
     parts = partition_indices(y, PartitionSpec("pathological", 5, seed=0, classes_per_client=2))

@@ -27,7 +27,9 @@ def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.Comp
 
 
 @pytest.fixture(scope="module")
-def dpsgd_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def dpsgd_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("dpsgd-run")
     res = run_cli(
         out,
