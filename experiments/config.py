@@ -8,10 +8,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from protocol.settings import RunSettings
+from reliability import make_scorer
 from tasks.datasets import load_dataset
 from tasks.local import MODES
 from tasks.models import MODELS
 from tasks.partition import client_partitions, specs_from_settings, split_train_val
+from tasks.unreliable import check_kind, unreliable_clients
 
 _NOT_IN_CFG = {"output_dir"}
 
@@ -55,6 +57,18 @@ def check_data(settings: RunSettings) -> DataCheck:
         raise ValueError(
             f"privacy.mode must be one of {sorted(MODES)}, got {settings.privacy_mode!r}"
         )
+    scorer = make_scorer(settings.reliability_scorer)
+    if (
+        settings.reliability_strategy == "scorer"
+        and scorer.needs_server_data
+        and settings.reliability_server_data_size <= 0
+    ):
+        raise ValueError(
+            f"reliability.scorer={settings.reliability_scorer!r} needs server data: set "
+            f"reliability.server_data_size > 0, got {settings.reliability_server_data_size}"
+        )
+    check_kind(settings.participants_kind)
+    unreliable_clients(settings)
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     parts = client_partitions(dspec, pspec)

@@ -76,6 +76,19 @@ def stop_process_tree(proc: psutil.Process | subprocess.Popen[Any], grace: float
         proc.wait(timeout=5)
 
 
+def processes_in_home(home: Path) -> list[psutil.Process]:
+    """Processes (other than this one) whose ``FLWR_HOME`` lies under ``home``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            flwr_home = proc.environ().get("FLWR_HOME", "")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if flwr_home and Path(flwr_home).is_relative_to(home) and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
 @dataclass
 class RunStatus:
     """A run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""

@@ -25,6 +25,7 @@ from experiments.launcher import LocalSimulation
 from experiments.report import plot_run, privacy_table
 from experiments.schema import register_schema
 from protocol.settings import RunSettings
+from tasks.unreliable import unreliable_clients
 
 log = logging.getLogger("fedpriv")
 register_schema()
@@ -73,6 +74,17 @@ def run_federation(settings: RunSettings, client_cpus: int, client_gpus: float) 
     """Steps 2-4 for validated settings whose ``output_dir`` is set; returns the summary."""
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    unreliable = set(unreliable_clients(settings))
+    pd.DataFrame(  # ground truth of the simulated unreliable participants
+        {
+            "partition_id": range(settings.num_clients),
+            "unreliable": [i in unreliable for i in range(settings.num_clients)],
+            "kind": [
+                settings.participants_kind if i in unreliable else ""
+                for i in range(settings.num_clients)
+            ],
+        }
+    ).to_csv(out / "participants.csv", index=False)
     printer = RoundPrinter(out, settings)
     with LocalSimulation(out, settings.num_clients, client_cpus, client_gpus) as sim:
         run_id = sim.submit(settings.to_run_config())

@@ -65,6 +65,30 @@ class FederationConf:
 
 
 @dataclass
+class ReliabilityConf:
+    """``reliability=``: how updates are combined (our scorer or a robust baseline)."""
+
+    strategy: str = "fedavg"
+    scorer: str = "uniform"
+    decay: float = 0.5
+    threshold: float = 0.0
+    server_data_size: int = 0
+    trim_beta: float = 0.2
+    num_malicious: int = 0
+
+
+@dataclass
+class ParticipantsConf:
+    """``participants=``: simulated unreliable participants (simulation only)."""
+
+    unreliable_fraction: float = 0.0
+    kind: str = "label_flip"
+    noise_rate: float = 0.5
+    feature_noise_std: float = 1.0
+    tiny_size: int = 5
+
+
+@dataclass
 class FedPrivConf:
     """The whole composed config (``conf/config.yaml``)."""
 
@@ -74,6 +98,8 @@ class FedPrivConf:
     model: ModelConf = field(default_factory=ModelConf)
     privacy: PrivacyConf = field(default_factory=PrivacyConf)
     federation: FederationConf = field(default_factory=FederationConf)
+    reliability: ReliabilityConf = field(default_factory=ReliabilityConf)
+    participants: ParticipantsConf = field(default_factory=ParticipantsConf)
 
 
 def register_schema() -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -20,6 +21,7 @@ from tasks.local import LocalTask, get_mode
 from tasks.models import ModelSpec, build_model, set_weights
 from tasks.partition import ClientData, load_client_data, specs_from_settings
 from tasks.training import evaluate, select_device
+from tasks.unreliable import corrupt_data, corrupt_reply
 
 from .ledger_store import LedgerStore, ledger_path
 
@@ -59,10 +61,11 @@ def _identity(context: Context, settings: RunSettings) -> tuple[int, int]:
 @functools.lru_cache(maxsize=64)
 def _client_data(settings: RunSettings, partition_id: int, num_partitions: int) -> ClientData:
     dspec, pspec = specs_from_settings(settings, num_partitions)
-    return load_client_data(dspec, pspec, partition_id, settings.val_fraction)
+    data = load_client_data(dspec, pspec, partition_id, settings.val_fraction)
+    return corrupt_data(data, settings, partition_id)  # simulated unreliable participants
 
 
-def _model(settings: RunSettings, data: ClientData, msg: Message) -> object:
+def _model(settings: RunSettings, data: ClientData, msg: Message) -> torch.nn.Module:
     model = build_model(
         ModelSpec(settings.model_name, data.input_shape, data.num_classes, settings.model_hidden)
     )
@@ -81,7 +84,7 @@ def train(msg: Message, context: Context) -> Message:
     pid, num = _identity(context, settings)
     data = _client_data(settings, pid, num)
     device = select_device(settings.device)
-    model = _model(settings, data, msg).to(device)  # type: ignore[attr-defined]
+    model = _model(settings, data, msg).to(device)
     server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
     store = LedgerStore(
         context,
@@ -120,7 +123,9 @@ def train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict({keys.METRICS: metrics, keys.STATUS: status})
     if result.weights is not None:
-        content[keys.ARRAYS] = to_record(result.weights)
+        global_weights = from_record(msg.content.array_records[keys.ARRAYS])
+        sent = corrupt_reply(result.weights, global_weights, settings, pid)
+        content[keys.ARRAYS] = to_record(sent)
     return Message(content=content, reply_to=msg)
 
 
@@ -131,7 +136,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     pid, num = _identity(context, settings)
     data = _client_data(settings, pid, num)
     device = select_device(settings.device)
-    model = _model(settings, data, msg).to(device)  # type: ignore[attr-defined]
+    model = _model(settings, data, msg).to(device)
     loss, acc = evaluate(model, data.x_val, data.y_val, device)
     metrics = MetricRecord(
         {

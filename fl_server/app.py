@@ -5,19 +5,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from privacy import derive_seed, make_generator
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import DataBundle, load_dataset
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
-from tasks.partition import specs_from_settings
-from tasks.training import evaluate, select_device
+from tasks.partition import server_indices, specs_from_settings
+from tasks.training import evaluate, make_loader, select_device, train_epochs
 
 from .recorder import RunRecorder
-from .strategy import WeightedFedAvg
+from .strategies import make_strategy
+from .strategy import FedPrivMixin, Weights
 
 app = ServerApp()
 INFO = 20
@@ -27,7 +30,7 @@ class CentralEvaluation:
     """``evaluate_fn`` for ``Strategy.start``: test-split evaluation, results rows, progress."""
 
     def __init__(
-        self, settings: RunSettings, bundle: DataBundle, strategy: WeightedFedAvg, rec: RunRecorder
+        self, settings: RunSettings, bundle: DataBundle, strategy: FedPrivMixin, rec: RunRecorder
     ) -> None:
         self.settings = settings
         self.bundle = bundle
@@ -35,9 +38,11 @@ class CentralEvaluation:
         self.recorder = rec
         self.device = select_device(settings.device)
         self.model = build_model(_model_spec(settings, bundle), seed=settings.seed).to(self.device)
+        self.last: ArrayRecord | None = None
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate ``arrays`` on the test split and record the round."""
+        self.last = arrays
         set_weights(self.model, from_record(arrays))
         loss, acc = evaluate(self.model, self.bundle.x_test, self.bundle.y_test, self.device)
         row = self.recorder.record_round(
@@ -61,6 +66,31 @@ class CentralEvaluation:
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 
 
+class ServerUpdate:
+    """The server's own update on its clean root data (for scorers such as FLTrust).
+
+    Trained without DP: the root data is the server's, not a client's.
+    """
+
+    def __init__(self, settings: RunSettings, bundle: DataBundle) -> None:
+        dspec, pspec = specs_from_settings(settings)
+        rows = server_indices(dspec, pspec)
+        self.x, self.y = bundle.x_train[rows], bundle.y_train[rows]
+        self.settings = settings
+        self.spec = _model_spec(settings, bundle)
+        self.device = select_device(settings.device)
+
+    def __call__(self, server_round: int, reference: Weights) -> Weights:
+        """Train from the current global weights; return the change."""
+        model = build_model(self.spec).to(self.device)
+        set_weights(model, reference)
+        gen = make_generator(derive_seed(self.settings.seed, server_round, 0x5E4))
+        loader = make_loader(self.x, self.y, self.settings.batch_size, gen)
+        opt = torch.optim.SGD(model.parameters(), lr=self.settings.learning_rate)
+        train_epochs(model, loader, opt, self.settings.local_epochs, self.device)
+        return {k: v - reference[k] for k, v in get_weights(model).items()}
+
+
 def _model_spec(settings: RunSettings, bundle: DataBundle) -> ModelSpec:
     return ModelSpec(
         settings.model_name, bundle.input_shape, bundle.num_classes, settings.model_hidden
@@ -76,20 +106,20 @@ def main(grid: Grid, context: Context) -> None:
     bundle = load_dataset(specs_from_settings(settings)[0])
     initial = build_model(_model_spec(settings, bundle), seed=settings.seed)
 
-    strategy = WeightedFedAvg(
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_available_nodes=settings.num_clients,
-        seed=settings.seed,
-        node_wait_timeout=settings.round_timeout,
+    server_update = (
+        ServerUpdate(settings, bundle) if settings.reliability_server_data_size else None
     )
+    strategy = make_strategy(settings, server_update)
+    assert isinstance(strategy, FedPrivMixin)
     recorder = RunRecorder(out_dir, settings.num_rounds)
-    result = strategy.start(
+    evaluation = CentralEvaluation(settings, bundle, strategy, recorder)
+    strategy.start(
         grid=grid,
         initial_arrays=to_record(get_weights(initial)),
         num_rounds=settings.num_rounds,
         timeout=settings.round_timeout,
-        evaluate_fn=CentralEvaluation(settings, bundle, strategy, recorder),
+        evaluate_fn=evaluation,
     )
-    summary = recorder.finish(from_record(result.arrays), {"run_id": int(context.run_id)})
+    assert evaluation.last is not None
+    summary = recorder.finish(from_record(evaluation.last), {"run_id": int(context.run_id)})
     log(INFO, "fedpriv finished: %s", summary)

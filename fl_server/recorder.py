@@ -21,13 +21,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .strategy import RoundLog
+from .strategy import ClientOutcome, RoundLog
 
 
 def _atomic_write(path: Path, write: Any) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _mean_loss(trained: list[ClientOutcome]) -> float:
+    """Aggregation-weighted train loss (plain mean when a baseline gives no weights)."""
+    pairs = [(o.weight, o.train_loss) for o in trained if math.isfinite(o.train_loss)]
+    if not pairs:
+        return math.nan
+    w = np.array([p[0] for p in pairs])
+    losses = np.array([p[1] for p in pairs])
+    if np.all(np.isfinite(w)) and w.sum() > 0:
+        return float((w * losses).sum() / w.sum())
+    return float(losses.mean())
 
 
 class RunRecorder:
@@ -58,11 +70,10 @@ class RunRecorder:
             row |= {
                 "val_accuracy": log.val_accuracy,
                 "val_loss": log.val_loss,
-                "train_loss": sum(o.weight * o.train_loss for o in trained)
-                if trained
-                else math.nan,
+                "train_loss": _mean_loss(trained),
                 "participants": len(trained),
                 "declined": sum(o.status == "declined" for o in outcomes),
+                "rejected": sum(o.status == "rejected" for o in outcomes),
                 "failed": sum(o.status == "failed" for o in outcomes),
                 "epsilon_max": max(eps) if eps else math.nan,
                 "epsilon_mean": float(np.mean(eps)) if eps else math.nan,

@@ -1,14 +1,18 @@
-"""FedAvg with per-client weights, failure accounting and seeded sampling.
+"""Strategies: seeded sampling, reply validation, failure accounting, pluggable weights.
 
-:class:`WeightedFedAvg` keeps Flower's ``FedAvg`` round structure (it runs through
-``Strategy.start``) and changes three things:
+:class:`FedPrivMixin` goes in front of any Flower message-API strategy (``FedAvg``,
+``FedMedian``, ``Krum``, ...) and changes what every one of them does with replies:
 
 * the nodes of each round are sampled with a generator seeded from the run's ``seed``;
-* replies are sorted into trained, declined (privacy budget) and failed (the ClientApp raised),
-  and every client's outcome is kept per round for the results;
-* the aggregate is weighted by ``weighting(outcomes, updates)``, a pluggable function (the
-  default weighs by example count, as FedAvg does), so a reliability scorer plugs in without
-  touching the strategy.
+* replies are sorted into trained, declined (privacy budget), rejected (malformed: NaN/Inf,
+  wrong shape or dtype, missing keys; see :mod:`reliability.validation`) and failed (the
+  ClientApp raised); every client's outcome is kept per round for the results tables;
+* a round where every client failed raises :class:`NoClientSucceededError`; a round where no
+  update is usable keeps the previous global model and says so.
+
+:class:`WeightedFedAvg` aggregates in update space, ``g_new = g + sum_i a_i u_i``, with the
+weights ``a_i`` and updates ``u_i`` from a pluggable :data:`Weighting` (example counts by
+default, as FedAvg; a :class:`reliability.ReliabilityWeighting` scorer plugs in unchanged).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -26,6 +31,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from protocol import keys
 from protocol.records import from_record, to_record
+from reliability import RoundInput, validate_count, validate_update
+
+Weights = dict[str, np.ndarray]
 
 
 @dataclass
@@ -40,18 +48,20 @@ class ClientOutcome:
     epsilon: float = float("nan")
     train_loss: float = float("nan")
     train_seconds: float = float("nan")
-    weight: float = 0.0
+    weight: float = float("nan")
+    score: float = float("nan")
+    reputation: float = float("nan")
     reason: str = ""
 
 
-Weighting = Callable[[list[ClientOutcome], list[dict[str, np.ndarray]]], list[float]]
+Weighting = Callable[[RoundInput], tuple[np.ndarray, tuple[Weights, ...], dict[str, np.ndarray]]]
+"""``RoundInput -> (weights summing to 1 or all 0, updates to aggregate, per-client details)``."""
 
 
-def weight_by_examples(
-    outcomes: list[ClientOutcome], _: list[dict[str, np.ndarray]]
-) -> list[float]:
-    """FedAvg's weights: each client's number of training examples."""
-    return [float(o.num_examples) for o in outcomes]
+def weight_by_examples(r: RoundInput) -> tuple[np.ndarray, tuple[Weights, ...], dict]:
+    """FedAvg's weights: each client's share of the training examples."""
+    n = np.asarray(r.num_examples, dtype=np.float64)
+    return (n / n.sum() if n.sum() > 0 else n), r.updates, {}
 
 
 @dataclass
@@ -65,6 +75,10 @@ class RoundLog:
     val_accuracy: float = float("nan")
 
 
+class NoClientSucceededError(RuntimeError):
+    """Raised when every sampled client of a round failed."""
+
+
 def _number(record: MetricRecord, key: str, default: float) -> float:
     """A scalar entry of a MetricRecord (lists are not expected here)."""
     value = record.get(key, default)
@@ -73,37 +87,61 @@ def _number(record: MetricRecord, key: str, default: float) -> float:
     return float(value)
 
 
-class NoClientSucceededError(RuntimeError):
-    """Raised when every sampled client of a round failed."""
+def parse_reply(
+    server_round: int, msg: Message, reference: Weights
+) -> tuple[ClientOutcome, Weights | None]:
+    """A reply's outcome, and its weights when it trained and passed validation."""
+    out = ClientOutcome(server_round, int(msg.metadata.src_node_id))
+    if msg.has_error():
+        out.reason = f"client error: {msg.error.reason}"
+        return out, None
+    content = msg.content
+    metrics = content.metric_records.get(keys.METRICS)
+    if metrics is None:
+        out.status, out.reason = "rejected", f"reply has no '{keys.METRICS}' record"
+        return out, None
+    try:
+        out.partition_id = int(_number(metrics, keys.PARTITION_ID, -1))
+        out.num_examples = int(_number(metrics, keys.NUM_EXAMPLES, 0))
+        out.epsilon = _number(metrics, keys.EPSILON, float("nan"))
+        out.train_loss = _number(metrics, keys.TRAIN_LOSS, float("nan"))
+        out.train_seconds = _number(metrics, keys.TRAIN_SECONDS, float("nan"))
+        declined = int(_number(metrics, keys.DECLINED, 0))
+    except (TypeError, ValueError) as err:
+        out.status, out.reason = "rejected", f"malformed metrics: {err}"
+        return out, None
+    status = content.config_records.get(keys.STATUS)
+    out.reason = str(status.get(keys.REASON, "")) if status is not None else ""
+    if declined:
+        out.status = "declined"
+        return out, None
+    if keys.ARRAYS not in content.array_records:
+        out.status, out.reason = "rejected", f"reply has no '{keys.ARRAYS}' record"
+        return out, None
+    weights = from_record(content.array_records[keys.ARRAYS])
+    problem = validate_count(out.num_examples) or validate_update(weights, reference)
+    if problem:
+        out.status, out.reason = "rejected", problem
+        return out, None
+    out.status = "trained"
+    return out, weights
 
 
-class WeightedFedAvg(FedAvg):
-    """FedAvg whose aggregation weights come from a pluggable ``weighting`` function."""
+class FedPrivMixin:
+    """Seeded sampling, validation and outcome records in front of a Flower strategy."""
 
-    def __init__(
-        self,
-        *,
-        fraction_train: float,
-        fraction_evaluate: float,
-        min_available_nodes: int,
-        seed: int,
-        weighting: Weighting = weight_by_examples,
-        node_wait_timeout: float = 600.0,
-    ) -> None:
-        super().__init__(
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=1,
-            min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=keys.NUM_EXAMPLES,
-            arrayrecord_key=keys.ARRAYS,
-            configrecord_key=keys.CONFIG,
-        )
-        self.weighting = weighting
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+    def setup_fedpriv(self, seed: int, node_wait_timeout: float) -> None:
+        """Call from ``__init__`` after the Flower strategy's own initialisation."""
         self.node_wait_timeout = node_wait_timeout
         self._rng = random.Random(seed)
         self.rounds: dict[int, RoundLog] = {}
+        self.current: ArrayRecord | None = None
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
@@ -118,13 +156,9 @@ class WeightedFedAvg(FedAvg):
         size = min(len(nodes), max(minimum, int(len(nodes) * fraction)))
         return sorted(self._rng.sample(nodes, size))
 
+    @staticmethod
     def _messages(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        nodes: list[int],
-        kind: str,
+        server_round: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int], kind: str
     ) -> list[Message]:
         config[keys.SERVER_ROUND] = server_round
         record = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
@@ -135,6 +169,7 @@ class WeightedFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Sample this round's clients (seeded) and send them the global model."""
         self.rounds[server_round] = RoundLog()
+        self.current = arrays
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
 
@@ -148,87 +183,40 @@ class WeightedFedAvg(FedAvg):
         return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
 
     # ------------------------------------------------------------------ aggregation
-    @staticmethod
-    def _outcome(server_round: int, msg: Message) -> tuple[ClientOutcome, dict | None]:
-        out = ClientOutcome(server_round, int(msg.metadata.src_node_id))
-        if msg.has_error():
-            out.reason = f"client error: {msg.error.reason}"
-            return out, None
-        content = msg.content
-        metrics = content.metric_records.get(keys.METRICS)
-        if metrics is None:
-            out.reason = f"reply has no '{keys.METRICS}' record"
-            return out, None
-        out.partition_id = int(_number(metrics, keys.PARTITION_ID, -1))
-        out.num_examples = int(_number(metrics, keys.NUM_EXAMPLES, 0))
-        out.epsilon = _number(metrics, keys.EPSILON, float("nan"))
-        out.train_loss = _number(metrics, keys.TRAIN_LOSS, float("nan"))
-        out.train_seconds = _number(metrics, keys.TRAIN_SECONDS, float("nan"))
-        status = content.config_records.get(keys.STATUS)
-        out.reason = str(status.get(keys.REASON, "")) if status is not None else ""
-        if int(_number(metrics, keys.DECLINED, 0)):
-            out.status = "declined"
-            return out, None
-        if keys.ARRAYS not in content.array_records:
-            out.reason = f"reply has no '{keys.ARRAYS}' record"
-            return out, None
-        out.status = "trained"
-        return out, from_record(content.array_records[keys.ARRAYS])
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weighted average of the trained clients' weights; None keeps the previous model."""
+        """Validate and record replies, then aggregate the usable ones (None keeps the model)."""
         log = self.rounds.setdefault(server_round, RoundLog())
-        trained: list[ClientOutcome] = []
-        updates: list[dict[str, np.ndarray]] = []
+        reference = from_record(self.current) if self.current is not None else {}
+        usable: list[tuple[ClientOutcome, Weights, Message]] = []
         for msg in replies:
-            outcome, weights = self._outcome(server_round, msg)
+            outcome, weights = parse_reply(server_round, msg, reference)
             log.outcomes.append(outcome)
             if weights is not None:
-                trained.append(outcome)
-                updates.append(weights)
-        failed = [o for o in log.outcomes if o.status == "failed"]
-        if not trained and failed and len(failed) == len(log.outcomes):
-            reasons = "; ".join(sorted({o.reason for o in failed}))
+                usable.append((outcome, weights, msg))
+        if log.outcomes and all(o.status == "failed" for o in log.outcomes):
+            reasons = "; ".join(sorted({o.reason for o in log.outcomes}))
             raise NoClientSucceededError(
-                f"round {server_round}: no client succeeded ({len(failed)} failed): {reasons}"
+                f"round {server_round}: no client succeeded ({len(log.outcomes)} failed): {reasons}"
             )
-        arrays = None
-        if trained:
-            raw = np.asarray(self.weighting(trained, updates), dtype=np.float64)
-            if raw.shape != (len(trained),) or not np.all(np.isfinite(raw)) or np.any(raw < 0):
-                raise ValueError(f"weighting returned invalid weights {raw.tolist()}")
-            if raw.sum() > 0:
-                share = raw / raw.sum()
-                for outcome, w in zip(trained, share, strict=True):
-                    outcome.weight = float(w)
-                arrays = to_record(
-                    {
-                        k: np.sum(
-                            [w * u[k] for w, u in zip(share, updates, strict=True)], axis=0
-                        ).astype(ref.dtype, copy=False)
-                        for k, ref in updates[0].items()
-                    }
-                )
+        arrays = self.aggregate_usable(server_round, usable, reference) if usable else None
+        if arrays is not None and not all(
+            np.all(np.isfinite(a)) for a in from_record(arrays).values()
+        ):
+            arrays = None  # never publish NaN weights
         log.kept_previous_model = arrays is None
-        return arrays, self._train_metrics(log)
+        return arrays, train_metrics(log)
 
-    @staticmethod
-    def _train_metrics(log: RoundLog) -> MetricRecord:
-        trained = [o for o in log.outcomes if o.status == "trained"]
-        eps = [o.epsilon for o in log.outcomes if not math.isnan(o.epsilon)]
-        loss = sum(o.weight * o.train_loss for o in trained) if trained else float("nan")
-        return MetricRecord(
-            {
-                "train-loss": float(loss),
-                "trained": len(trained),
-                "declined": sum(o.status == "declined" for o in log.outcomes),
-                "failed": sum(o.status == "failed" for o in log.outcomes),
-                "epsilon-max": max(eps) if eps else float("nan"),
-                "epsilon-mean": float(np.mean(eps)) if eps else float("nan"),
-            }
-        )
+    def aggregate_usable(
+        self,
+        server_round: int,
+        usable: list[tuple[ClientOutcome, Weights, Message]],
+        reference: Weights,
+    ) -> ArrayRecord | None:
+        """Aggregate with the wrapped Flower strategy's own rule (baselines)."""
+        arrays, _ = super().aggregate_train(server_round, [m for _, _, m in usable])  # type: ignore[misc]
+        return arrays  # type: ignore[no-any-return]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -250,3 +238,92 @@ class WeightedFedAvg(FedAvg):
         log = self.rounds.setdefault(server_round, RoundLog())
         log.val_loss, log.val_accuracy = loss / total, acc / total
         return MetricRecord({"val-loss": log.val_loss, "val-accuracy": log.val_accuracy})
+
+
+def train_metrics(log: RoundLog) -> MetricRecord:
+    """A round's summary as a MetricRecord (Flower keeps it in its Result)."""
+    trained = [o for o in log.outcomes if o.status == "trained"]
+    eps = [o.epsilon for o in log.outcomes if not math.isnan(o.epsilon)]
+    losses = [o.train_loss for o in trained if math.isfinite(o.train_loss)]
+    return MetricRecord(
+        {
+            "train-loss": float(np.mean(losses)) if losses else float("nan"),
+            "trained": len(trained),
+            "declined": sum(o.status == "declined" for o in log.outcomes),
+            "rejected": sum(o.status == "rejected" for o in log.outcomes),
+            "failed": sum(o.status == "failed" for o in log.outcomes),
+            "epsilon-max": max(eps) if eps else float("nan"),
+            "epsilon-mean": float(np.mean(eps)) if eps else float("nan"),
+        }
+    )
+
+
+class WeightedFedAvg(FedPrivMixin, FedAvg):
+    """FedAvg in update space with weights from a pluggable :data:`Weighting`."""
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float,
+        fraction_evaluate: float,
+        min_available_nodes: int,
+        seed: int,
+        weighting: Weighting = weight_by_examples,
+        server_update: Callable[[int, Weights], Weights | None] | None = None,
+        node_wait_timeout: float = 600.0,
+        **_: Any,
+    ) -> None:
+        FedAvg.__init__(
+            self,
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=keys.NUM_EXAMPLES,
+            arrayrecord_key=keys.ARRAYS,
+            configrecord_key=keys.CONFIG,
+        )
+        self.setup_fedpriv(seed, node_wait_timeout)
+        self.weighting = weighting
+        self.server_update = server_update
+
+    def aggregate_usable(
+        self,
+        server_round: int,
+        usable: list[tuple[ClientOutcome, Weights, Message]],
+        reference: Weights,
+    ) -> ArrayRecord | None:
+        """``g + sum_i a_i u_i`` with ``(a, u)`` from the weighting; None if every a_i is 0."""
+        outcomes = [o for o, _, _ in usable]
+        deltas = tuple({k: w[k] - reference[k] for k in reference} for _, w, _ in usable)
+        server_delta = self.server_update(server_round, reference) if self.server_update else None
+        r = RoundInput(
+            round=server_round,
+            client_ids=tuple(o.partition_id for o in outcomes),
+            updates=deltas,
+            num_examples=tuple(o.num_examples for o in outcomes),
+            server_update=server_delta,
+        )
+        weights, updates, details = self.weighting(r)
+        weights = np.asarray(weights, dtype=np.float64)
+        if (
+            weights.shape != (len(outcomes),)
+            or not np.all(np.isfinite(weights))
+            or np.any(weights < 0)
+        ):
+            raise ValueError(f"weighting returned invalid weights {weights.tolist()}")
+        for i, o in enumerate(outcomes):
+            o.weight = float(weights[i])
+            o.score = float(details["score"][i]) if "score" in details else math.nan
+            o.reputation = float(details["reputation"][i]) if "reputation" in details else math.nan
+        if weights.sum() <= 0:
+            return None
+        return to_record(
+            {
+                k: (
+                    ref + np.sum([a * u[k] for a, u in zip(weights, updates, strict=True)], axis=0)
+                ).astype(ref.dtype, copy=False)
+                for k, ref in reference.items()
+            }
+        )

@@ -19,6 +19,11 @@ from typing import Any
 Scalar = bool | int | float | str
 
 
+STRATEGIES = ("fedavg", "scorer", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+"""Names the ServerApp's strategy registry serves (``reliability.strategy``); a test keeps the
+registry in ``fl_server.strategies`` and this tuple equal, so configs are checked up front."""
+
+
 def _f(key: str, default: Any) -> Any:
     return field(default=default, metadata={"key": key})
 
@@ -52,6 +57,18 @@ class RunSettings:
     dirichlet_alpha: float = _f("federation.dirichlet_alpha", 0.5)
     classes_per_client: int = _f("federation.classes_per_client", 2)
     val_fraction: float = _f("federation.val_fraction", 0.1)
+    reliability_strategy: str = _f("reliability.strategy", "fedavg")
+    reliability_scorer: str = _f("reliability.scorer", "uniform")
+    reliability_decay: float = _f("reliability.decay", 0.5)
+    reliability_threshold: float = _f("reliability.threshold", 0.0)
+    reliability_server_data_size: int = _f("reliability.server_data_size", 0)
+    reliability_trim_beta: float = _f("reliability.trim_beta", 0.2)
+    reliability_num_malicious: int = _f("reliability.num_malicious", 0)
+    participants_unreliable_fraction: float = _f("participants.unreliable_fraction", 0.0)
+    participants_kind: str = _f("participants.kind", "label_flip")
+    participants_noise_rate: float = _f("participants.noise_rate", 0.5)
+    participants_feature_noise_std: float = _f("participants.feature_noise_std", 1.0)
+    participants_tiny_size: int = _f("participants.tiny_size", 5)
     device: str = _f("device", "auto")
     output_dir: str = _f("output_dir", "")
     round_timeout: float = _f("federation.round_timeout", 600.0)
@@ -103,6 +120,36 @@ class RunSettings:
             eps = self.privacy_target_epsilon
             self._require("privacy_target_epsilon", math.isfinite(eps) and eps > 0, "must be > 0")
             self._require("privacy_delta", 0 < self.privacy_delta < 1, "must be in (0, 1)")
+        self._require(
+            "reliability_strategy",
+            self.reliability_strategy in STRATEGIES,
+            f"must be one of {list(STRATEGIES)}",
+        )
+        self._require(
+            "participants_unreliable_fraction",
+            0 <= self.participants_unreliable_fraction <= 1,
+            "must be in [0, 1]",
+        )
+        self._require(
+            "participants_noise_rate", 0 <= self.participants_noise_rate <= 1, "must be in [0, 1]"
+        )
+        self._require(
+            "participants_feature_noise_std",
+            self.participants_feature_noise_std >= 0,
+            "must be >= 0",
+        )
+        self._require("participants_tiny_size", self.participants_tiny_size > 0, "must be > 0")
+        self._require("reliability_decay", 0 <= self.reliability_decay < 1, "must be in [0, 1)")
+        self._require("reliability_threshold", self.reliability_threshold >= 0, "must be >= 0")
+        self._require(
+            "reliability_server_data_size", self.reliability_server_data_size >= 0, "must be >= 0"
+        )
+        self._require(
+            "reliability_trim_beta", 0 <= self.reliability_trim_beta < 0.5, "must be in [0, 0.5)"
+        )
+        self._require(
+            "reliability_num_malicious", self.reliability_num_malicious >= 0, "must be >= 0"
+        )
         self._require(
             "device",
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

@@ -26,6 +26,8 @@ class PartitionSpec:
     seed: int = 0
     alpha: float = 0.5
     classes_per_client: int = 2
+    server_holdout: int = 0
+    """Examples kept back from the clients for the server's own clean root data."""
 
 
 PartitionerFactory = Callable[[PartitionSpec], object]
@@ -142,9 +144,27 @@ def split_train_val(
     return np.sort(idx[n_val:]), np.sort(idx[:n_val])
 
 
+def holdout_split(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(client pool, server root data) row indices: ``holdout`` rows drawn with ``seed``."""
+    if not 0 <= holdout < n:
+        raise ValueError(
+            f"reliability.server_data_size must be in [0, {n}) for this dataset, got {holdout}"
+        )
+    server = np.sort(np.random.default_rng([seed, 0x5E4]).permutation(n)[:holdout])
+    return np.setdiff1d(np.arange(n), server), server
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_partitions(dspec: DatasetSpec, pspec: PartitionSpec) -> tuple[np.ndarray, ...]:
-    return tuple(partition_indices(load_dataset(dspec).y_train, pspec))
+    labels = load_dataset(dspec).y_train
+    pool, _ = holdout_split(len(labels), pspec.server_holdout, pspec.seed)
+    return tuple(pool[idx] for idx in partition_indices(labels[pool], pspec))
+
+
+def server_indices(dspec: DatasetSpec, pspec: PartitionSpec) -> np.ndarray:
+    """Rows of the training pool kept for the server (empty when ``server_holdout`` is 0)."""
+    n = len(load_dataset(dspec).y_train)
+    return holdout_split(n, pspec.server_holdout, pspec.seed)[1]
 
 
 def client_partitions(dspec: DatasetSpec, pspec: PartitionSpec) -> tuple[np.ndarray, ...]:
@@ -188,5 +208,6 @@ def specs_from_settings(
         settings.seed,
         settings.dirichlet_alpha,
         settings.classes_per_client,
+        settings.reliability_server_data_size,
     )
     return dspec, pspec

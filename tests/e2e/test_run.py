@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import processes_under
+from experiments.launcher import processes_in_home, stop_process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,9 @@ def dpsgd_run(
         "federation.num_clients=3",
         "federation.rounds=2",
     )
-    leftovers = processes_under(out)
+    leftovers = processes_in_home(out)
+    for proc in leftovers:
+        stop_process_tree(proc, grace=5)
     assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
     return out, res
 
@@ -103,3 +105,39 @@ def test_bad_settings_fail_before_any_process_starts(tmp_path: Path, override, m
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stderr
     assert not (tmp_path / "superlink.log").exists()
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            f"hydra.run.dir={tmp_path}",
+            "federation.rounds=50",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the run is under way
+            if "round   1/50" in line or time.monotonic() > deadline:
+                break
+        assert processes_in_home(tmp_path), "the federation should be running"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = processes_in_home(tmp_path)
+    for p in left:
+        stop_process_tree(p, grace=5)
+    assert proc.returncode != 0
+    assert not left, f"left running after Ctrl-C: {[p.cmdline() for p in left]}"

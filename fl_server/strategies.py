@@ -1,0 +1,126 @@
+"""Strategy registry (``reliability.strategy``): our weighted FedAvg and Flower's robust baselines.
+
+Every entry gets the same sampling, validation and outcome records (:class:`FedPrivMixin`);
+the baselines keep Flower's own aggregation rule (FedMedian, FedTrimmedAvg, Krum, MultiKrum,
+Bulyan), so a comparison differs only in how updates are combined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+
+from protocol import keys
+from protocol.settings import RunSettings
+from reliability import ReliabilityWeighting, make_scorer
+
+from .strategy import FedPrivMixin, WeightedFedAvg, Weights, weight_by_examples
+
+ServerUpdate = Callable[[int, Weights], Weights | None]
+Factory = Callable[[RunSettings, ServerUpdate | None], Strategy]
+STRATEGIES: dict[str, Factory] = {}
+
+
+def register_strategy(name: str) -> Callable[[Factory], Factory]:
+    """Register a strategy factory under ``name``."""
+
+    def deco(fn: Factory) -> Factory:
+        STRATEGIES[name] = fn
+        return fn
+
+    return deco
+
+
+def make_strategy(settings: RunSettings, server_update: ServerUpdate | None = None) -> Strategy:
+    """The strategy ``settings.reliability_strategy`` names, ready for ``start``."""
+    name = settings.reliability_strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"reliability.strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
+    return STRATEGIES[name](settings, server_update)
+
+
+def _common(settings: RunSettings) -> dict[str, Any]:
+    return {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_available_nodes": settings.num_clients,
+    }
+
+
+@register_strategy("fedavg")
+def _fedavg(settings: RunSettings, _: ServerUpdate | None) -> Strategy:
+    return WeightedFedAvg(
+        **_common(settings),
+        seed=settings.seed,
+        weighting=weight_by_examples,
+        node_wait_timeout=settings.round_timeout,
+    )
+
+
+@register_strategy("scorer")
+def _scorer(settings: RunSettings, server_update: ServerUpdate | None) -> Strategy:
+    scorer = make_scorer(settings.reliability_scorer)
+    if scorer.needs_server_data and server_update is None:
+        raise ValueError(
+            f"reliability.scorer={settings.reliability_scorer!r} needs server data "
+            f"(reliability.server_data_size > 0), got {settings.reliability_server_data_size}"
+        )
+    weighting = ReliabilityWeighting(
+        scorer, decay=settings.reliability_decay, threshold=settings.reliability_threshold
+    )
+    return WeightedFedAvg(
+        **_common(settings),
+        seed=settings.seed,
+        weighting=weighting,
+        server_update=server_update if scorer.needs_server_data else None,
+        node_wait_timeout=settings.round_timeout,
+    )
+
+
+def _baseline(base: type[FedAvg], **extra: Callable[[RunSettings], Any]) -> Factory:
+    cls = type(f"FedPriv{base.__name__}", (FedPrivMixin, base), {})
+
+    def factory(settings: RunSettings, _: ServerUpdate | None) -> Strategy:
+        c = _common(settings)
+        strategy = cls(
+            fraction_train=c["fraction_train"],
+            fraction_evaluate=c["fraction_evaluate"],
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if settings.fraction_evaluate > 0 else 0,
+            min_available_nodes=c["min_available_nodes"],
+            weighted_by_key=keys.NUM_EXAMPLES,
+            arrayrecord_key=keys.ARRAYS,
+            configrecord_key=keys.CONFIG,
+            **{k: fn(settings) for k, fn in extra.items()},
+        )
+        strategy.setup_fedpriv(settings.seed, settings.round_timeout)
+        return strategy
+
+    return factory
+
+
+def _malicious(s: RunSettings) -> int:
+    return s.reliability_num_malicious
+
+
+register_strategy("fedmedian")(_baseline(FedMedian))
+register_strategy("fedtrimmedavg")(_baseline(FedTrimmedAvg, beta=lambda s: s.reliability_trim_beta))
+register_strategy("krum")(_baseline(Krum, num_malicious_nodes=_malicious))
+register_strategy("multikrum")(
+    _baseline(
+        MultiKrum,
+        num_malicious_nodes=_malicious,
+        num_nodes_to_select=lambda s: max(1, s.num_clients - s.reliability_num_malicious),
+    )
+)
+register_strategy("bulyan")(_baseline(Bulyan, num_malicious_nodes=_malicious))

@@ -1,0 +1,73 @@
+"""Functional mechanism (objective perturbation), framework-free: numpy + torch only.
+
+Zhang, Zhang, Xiao, Yang, Winslett, "Functional Mechanism: Regression Analysis under
+Differential Privacy", PVLDB 5(11), 2012 (FM).
+
+* :class:`FeatureBounds`, :class:`TargetBounds` (:mod:`privacy.functional_bounds`):
+  public, per-record normalisation into the L2 unit ball, the assumption of FM's bounds.
+* :class:`QuadraticObjective` and the builders/sensitivities
+  (:mod:`privacy.functional_objective`): linear regression ``sum (y - x^T w)^2`` with
+  ``Delta = 2 (d+1)^2`` (FM Sec. 4); logistic regression by its second-order Taylor
+  expansion with ``Delta = d^2/4 + 3d`` (FM Sec. 5), and tighter bounds derived from the
+  enforced L2 normalisation (``bound="l2"``); :func:`minimise`, :func:`stabilise`
+  and :func:`gradient_steps` with FM Sec. 6's regularisation and spectral trimming.
+* :class:`FunctionalMechanism` and :func:`fit_private`
+  (:mod:`privacy.functional_mechanism`): FM Algorithm 1, ``Laplace(Delta/epsilon)`` noise
+  drawn once on every coefficient from a :class:`numpy.random.Generator`; the release is
+  ``epsilon``-DP (pure; FM Lemma 1 / Theorem 1) and everything after it post-processing.
+* :class:`PublicFeatureNetwork` (:mod:`privacy.functional_network`): a neural network whose
+  hidden layer never sees private data, with the functional mechanism on its output layer.
+
+This package never imports ``flwr`` or any project package outside :mod:`privacy`.
+"""
+
+from __future__ import annotations
+
+from privacy.functional_bounds import FeatureBounds, TargetBounds
+from privacy.functional_mechanism import (
+    OBJECTIVES,
+    SENSITIVITY_BOUNDS,
+    FunctionalMechanism,
+    ObjectiveKind,
+    default_ridge,
+    fit_private,
+    make_noise_generator,
+    register_objective,
+)
+from privacy.functional_network import PublicFeatureNetwork
+from privacy.functional_objective import (
+    QuadraticObjective,
+    gradient_steps,
+    linear_regression_objective,
+    linear_sensitivity,
+    linear_sensitivity_l2,
+    logistic_regression_objective,
+    logistic_sensitivity,
+    logistic_sensitivity_l2,
+    minimise,
+    stabilise,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "SENSITIVITY_BOUNDS",
+    "FeatureBounds",
+    "FunctionalMechanism",
+    "ObjectiveKind",
+    "PublicFeatureNetwork",
+    "QuadraticObjective",
+    "TargetBounds",
+    "default_ridge",
+    "fit_private",
+    "gradient_steps",
+    "linear_regression_objective",
+    "linear_sensitivity",
+    "linear_sensitivity_l2",
+    "logistic_regression_objective",
+    "logistic_sensitivity",
+    "logistic_sensitivity_l2",
+    "make_noise_generator",
+    "minimise",
+    "register_objective",
+    "stabilise",
+]

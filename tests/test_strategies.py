@@ -1,0 +1,173 @@
+"""The strategy registry: every entry builds from RunSettings and resists one attacker."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from fl_messages import SHAPE, server_identity, trained
+
+import fl_server.strategies as strategies
+import protocol.settings
+from experiments.config import check_data
+from fl_server.strategies import STRATEGIES, make_strategy
+from fl_server.strategy import FedPrivMixin, WeightedFedAvg
+from protocol.records import from_record, to_record
+from protocol.settings import RunSettings
+
+GLOBAL = 0.5
+ATTACK = -100.0
+BASELINES = ["fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"]
+REPLIES = {"bulyan": 7}  # Flower's Bulyan needs n >= 4f + 3 replies (f = 1)
+
+
+@pytest.fixture(autouse=True)
+def _serverapp_identity():
+    with server_identity():
+        yield
+
+
+def _settings(name: str, num_clients: int = 5, **kwargs) -> RunSettings:
+    scorer = {"reliability_scorer": "median_agreement"} if name == "scorer" else {}
+    return RunSettings(
+        num_clients=num_clients,
+        reliability_strategy=name,
+        reliability_num_malicious=1,
+        **(scorer | kwargs),
+    ).validate()
+
+
+def _round(n: int, seed: int = 0) -> tuple[list, np.ndarray, int]:
+    """``n - 1`` honest replies ``g + ~1`` and one attacker ``g - 100`` (its node id last)."""
+    rng = np.random.default_rng(seed)
+    honest = [GLOBAL + 1.0 + rng.normal(0.0, 0.05, SHAPE) for _ in range(n - 1)]
+    replies = [
+        trained(100 + i, 0.0, 100, weights={"w": w.astype(np.float32)})
+        for i, w in enumerate(honest)
+    ]
+    attacker = 100 + n - 1
+    replies.append(trained(attacker, GLOBAL + ATTACK, 100))
+    return replies, np.stack(honest).astype(np.float32), attacker
+
+
+def _ready(name: str, n: int):
+    strategy = make_strategy(_settings(name, num_clients=n))
+    strategy.current = to_record({"w": np.full(SHAPE, GLOBAL, dtype=np.float32)})
+    return strategy
+
+
+# ---------------------------------------------------------------------- registry
+def test_registry_matches_the_names_settings_accept() -> None:
+    assert set(STRATEGIES) == set(protocol.settings.STRATEGIES)
+
+
+@pytest.mark.parametrize("name", sorted(protocol.settings.STRATEGIES))
+def test_make_strategy_builds_every_registered_strategy(name: str) -> None:
+    settings = _settings(name)
+    strategy = make_strategy(settings)
+    assert isinstance(strategy, FedPrivMixin)
+    assert strategy.min_available_nodes == 5
+    assert strategy.fraction_train == settings.fraction_train
+    assert strategy.rounds == {} and strategy.current is None
+    if name in ("fedavg", "scorer"):
+        assert isinstance(strategy, WeightedFedAvg)
+    if name in ("krum", "multikrum", "bulyan"):
+        assert strategy.num_malicious_nodes == 1
+
+
+def test_baseline_parameters_come_from_settings() -> None:
+    trimmed = make_strategy(_settings("fedtrimmedavg", reliability_trim_beta=0.3))
+    assert trimmed.beta == pytest.approx(0.3)
+    multikrum = make_strategy(_settings("multikrum", num_clients=6))
+    assert multikrum.num_nodes_to_select == 5
+
+
+def test_unknown_strategy_is_rejected() -> None:
+    settings = dataclasses.replace(RunSettings(), reliability_strategy="fedmagic")
+    with pytest.raises(ValueError, match="reliability.strategy") as err:
+        make_strategy(settings)
+    assert "fedmagic" in str(err.value)
+    with pytest.raises(ValueError, match="reliability.strategy"):
+        settings.validate()
+
+
+def test_fltrust_without_server_data_is_rejected() -> None:
+    settings = RunSettings(reliability_strategy="scorer", reliability_scorer="fltrust")
+    with pytest.raises(ValueError, match="reliability.server_data_size"):
+        make_strategy(settings, None)
+    strategy = make_strategy(settings, lambda rnd, g: {k: np.ones_like(v) for k, v in g.items()})
+    assert strategy.server_update is not None
+
+
+def test_fltrust_needs_server_data_in_the_config_check() -> None:
+    settings = RunSettings(reliability_strategy="scorer", reliability_scorer="fltrust")
+    with pytest.raises(ValueError, match="reliability.server_data_size"):
+        check_data(settings)
+    check = check_data(dataclasses.replace(settings, reliability_server_data_size=100))
+    assert len(check[0]) == settings.num_clients and min(check[0]) > 0
+
+
+# ---------------------------------------------------------------------- robustness
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_resists_one_attacker(name: str) -> None:
+    n = REPLIES.get(name, 5)
+    strategy = _ready(name, n)
+    replies, honest, _ = _round(n)
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None, f"{name} kept the previous model"
+    w = from_record(arrays)["w"]
+    assert w.shape == SHAPE and np.all(np.isfinite(w))
+    honest_mean = honest.mean(axis=0)
+    fedavg = (honest.sum(axis=0) + GLOBAL + ATTACK) / n  # equal example counts
+    assert np.linalg.norm(w - honest_mean) < np.linalg.norm(fedavg - honest_mean)
+    # every robust rule lands inside the honest clients' range, coordinate by coordinate
+    assert np.all(w >= honest.min(axis=0) - 1e-6) and np.all(w <= honest.max(axis=0) + 1e-6)
+    outcomes = strategy.rounds[1].outcomes
+    assert [o.status for o in outcomes] == ["trained"] * n
+    assert metrics["trained"] == n and not strategy.rounds[1].kept_previous_model
+
+
+def test_plain_fedavg_is_dragged_by_the_attacker() -> None:
+    """The contrast the baselines are measured against."""
+    strategy = _ready("fedavg", 5)
+    replies, honest, _ = _round(5)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    expected = (honest.sum(axis=0) + GLOBAL + ATTACK) / 5
+    np.testing.assert_allclose(from_record(arrays)["w"], expected, rtol=1e-5)
+
+
+def test_scorer_gives_the_attacker_the_lowest_weight() -> None:
+    strategy = _ready("scorer", 5)
+    replies, honest, attacker = _round(5)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    w = from_record(arrays)["w"]
+    assert np.all(np.isfinite(w))
+    assert np.abs(w - honest.mean(axis=0)).max() < 0.1
+    outcomes = {o.node_id: o for o in strategy.rounds[1].outcomes}
+    assert all(o.status == "trained" for o in outcomes.values())
+    bad = outcomes.pop(attacker)
+    assert all(bad.weight < o.weight for o in outcomes.values())
+    assert sum(o.weight for o in outcomes.values()) + bad.weight == pytest.approx(1.0)
+    for o in [bad, *outcomes.values()]:
+        assert math.isfinite(o.score) and math.isfinite(o.reputation)
+    assert all(bad.score < o.score for o in outcomes.values())
+    assert all(bad.reputation < o.reputation for o in outcomes.values())
+
+
+def test_registry_entries_are_factories_of_settings() -> None:
+    """register_strategy adds a factory that make_strategy then uses."""
+    calls: list[str] = []
+
+    def factory(settings: RunSettings, server_update):
+        calls.append(settings.reliability_strategy)
+        return "built"
+
+    strategies.register_strategy("test-only")(factory)
+    try:
+        settings = dataclasses.replace(RunSettings(), reliability_strategy="test-only")
+        assert make_strategy(settings) == "built"
+        assert calls == ["test-only"]
+    finally:
+        del STRATEGIES["test-only"]
