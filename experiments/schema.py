@@ -32,7 +32,14 @@ class ModelConf:
 
 @dataclass
 class PrivacyConf:
-    """``privacy=``: the mechanism and its per-client budget over the whole run."""
+    """``privacy=``: the mechanism and its per-client budget over the whole run.
+
+    ``target_epsilon`` is the client's total budget in every mode; ``privacy=functional``
+    spends all of it on its single noise draw. ``functional_bound`` (``l2`` | ``paper``) picks
+    the functional mechanism's sensitivity; ``functional_steps`` is the number of gradient
+    steps per round from the global weights towards the noisy objective's minimiser
+    (0: the closed-form minimiser).
+    """
 
     mode: str = "dpsgd"
     target_epsilon: float = 4.0
@@ -41,6 +48,8 @@ class PrivacyConf:
     accountant: str = "rdp"
     secure_rng: bool = False
     grad_sample_mode: str = "ew"
+    functional_bound: str = "l2"
+    functional_steps: int = 0
 
 
 @dataclass

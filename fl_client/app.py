@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import math
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from privacy import derive_seed
-from privacy.dpsgd import DpSgdPlan
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
@@ -28,21 +27,21 @@ from .ledger_store import LedgerStore, ledger_path
 app = ClientApp()
 log = logging.getLogger("fedpriv.client")
 
-PLAN_KEY = "fedpriv-plan"
+STATE_KEY = "fedpriv-client-state"
 
 
-def _load_plans(context: Context) -> dict[str, DpSgdPlan]:
-    """The client's calibrated plan, kept in the node state so it is computed once per run."""
-    record = context.state.config_records.get(PLAN_KEY)
+def _load_state(context: Context) -> dict[str, Any]:
+    """The modes' JSON-able per-client state (DP-SGD plan, noisy objective), from node state."""
+    record = context.state.config_records.get(STATE_KEY)
     if record is None:
         return {}
-    return {name: DpSgdPlan(**json.loads(str(text))) for name, text in record.items()}
+    return {name: json.loads(str(text)) for name, text in record.items()}
 
 
-def _save_plans(context: Context, plans: dict[str, DpSgdPlan]) -> None:
-    if plans:
-        context.state.config_records[PLAN_KEY] = ConfigRecord(
-            {name: json.dumps(dataclasses.asdict(plan)) for name, plan in plans.items()}
+def _save_state(context: Context, state: dict[str, Any]) -> None:
+    if state:
+        context.state.config_records[STATE_KEY] = ConfigRecord(
+            {name: json.dumps(value) for name, value in state.items()}
         )
 
 
@@ -66,9 +65,14 @@ def _client_data(settings: RunSettings, partition_id: int, num_partitions: int) 
 
 
 def _model(settings: RunSettings, data: ClientData, msg: Message) -> torch.nn.Module:
-    model = build_model(
-        ModelSpec(settings.model_name, data.input_shape, data.num_classes, settings.model_hidden)
+    spec = ModelSpec(
+        settings.model_name,
+        data.input_shape,
+        data.num_classes,
+        settings.model_hidden,
+        settings.dataset_name,
     )
+    model = build_model(spec, seed=settings.seed)
     set_weights(model, from_record(msg.content.array_records[keys.ARRAYS]))
     return model
 
@@ -86,12 +90,8 @@ def train(msg: Message, context: Context) -> Message:
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
     server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
-    store = LedgerStore(
-        context,
-        ledger_path(dict(context.node_config), settings.output_dir, pid),
-        settings.privacy_delta,
-        settings.privacy_accountant,
-    )
+    path = ledger_path(dict(context.node_config), settings.output_dir, pid)
+    store = LedgerStore(context, path, settings.privacy_delta, settings.privacy_accountant)
     task = LocalTask(
         settings=settings,
         data=data,
@@ -100,10 +100,12 @@ def train(msg: Message, context: Context) -> Message:
         server_round=server_round,
         seed=derive_seed(settings.seed, pid, server_round),
         ledger=store,
-        plan_cache=_load_plans(context),
+        state=_load_state(context),
+        partition_id=pid,
+        state_dir=path.parent if path is not None else None,
     )
     result = get_mode(settings.privacy_mode)(task)
-    _save_plans(context, task.plan_cache)
+    _save_state(context, task.state)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: result.num_examples,

@@ -93,7 +93,11 @@ class ServerUpdate:
 
 def _model_spec(settings: RunSettings, bundle: DataBundle) -> ModelSpec:
     return ModelSpec(
-        settings.model_name, bundle.input_shape, bundle.num_classes, settings.model_hidden
+        settings.model_name,
+        bundle.input_shape,
+        bundle.num_classes,
+        settings.model_hidden,
+        settings.dataset_name,
     )
 
 

@@ -102,6 +102,8 @@ def parse_reply(
         return out, None
     try:
         out.partition_id = int(_number(metrics, keys.PARTITION_ID, -1))
+        if out.partition_id < 0:
+            raise ValueError(f"'{keys.PARTITION_ID}' must be an id >= 0, got {out.partition_id}")
         out.num_examples = int(_number(metrics, keys.NUM_EXAMPLES, 0))
         out.epsilon = _number(metrics, keys.EPSILON, float("nan"))
         out.train_loss = _number(metrics, keys.TRAIN_LOSS, float("nan"))
@@ -190,10 +192,16 @@ class FedPrivMixin:
         log = self.rounds.setdefault(server_round, RoundLog())
         reference = from_record(self.current) if self.current is not None else {}
         usable: list[tuple[ClientOutcome, Weights, Message]] = []
+        seen: set[int] = set()
         for msg in replies:
             outcome, weights = parse_reply(server_round, msg, reference)
             log.outcomes.append(outcome)
+            if weights is not None and outcome.partition_id in seen:
+                outcome.status = "rejected"
+                outcome.reason = f"duplicate partition-id {outcome.partition_id} in this round"
+                continue
             if weights is not None:
+                seen.add(outcome.partition_id)
                 usable.append((outcome, weights, msg))
         if log.outcomes and all(o.status == "failed" for o in log.outcomes):
             reasons = "; ".join(sorted({o.reason for o in log.outcomes}))
@@ -214,9 +222,25 @@ class FedPrivMixin:
         usable: list[tuple[ClientOutcome, Weights, Message]],
         reference: Weights,
     ) -> ArrayRecord | None:
-        """Aggregate with the wrapped Flower strategy's own rule (baselines)."""
+        """Aggregate with the wrapped Flower strategy's own rule (baselines).
+
+        Flower sees each usable reply reduced to its validated weights and example count, so
+        its consistency checks cannot trip on extra records; the result keeps the global dtypes.
+        """
+        for outcome, weights, msg in usable:
+            msg.content = RecordDict(
+                {
+                    keys.ARRAYS: to_record(weights),
+                    keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: outcome.num_examples}),
+                }
+            )
         arrays, _ = super().aggregate_train(server_round, [m for _, _, m in usable])  # type: ignore[misc]
-        return arrays  # type: ignore[no-any-return]
+        if arrays is None:
+            return None
+        result = from_record(arrays)
+        return to_record(
+            {k: result[k].astype(ref.dtype, copy=False) for k, ref in reference.items()}
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

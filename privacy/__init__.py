@@ -1,4 +1,4 @@
-"""Differential-privacy mathematics and data: RNGs, DP-SGD planning, privacy ledger.
+"""Differential-privacy mathematics and data: RNGs, DP-SGD, ledger, functional mechanism.
 
 Framework-free: depends only on numpy, torch, opacus and the standard library.
 """
@@ -11,20 +11,44 @@ from privacy.dpsgd import (
     planned_round_event,
     would_exceed,
 )
+from privacy.functional import (
+    SENSITIVITY_BOUNDS,
+    FeatureBounds,
+    FunctionalMechanism,
+    PublicFeatureNetwork,
+    QuadraticObjective,
+    TargetBounds,
+    default_ridge,
+    gradient_steps,
+    make_noise_generator,
+    minimise,
+    stabilise,
+)
 from privacy.ledger import Event, PrivacyLedger, PureDpEvent, SampledGaussianEvent
 from privacy.rng import derive_seed, make_generator
 
 __all__ = [
+    "SENSITIVITY_BOUNDS",
     "DpSgdPlan",
     "Event",
+    "FeatureBounds",
+    "FunctionalMechanism",
     "PrivacyLedger",
     "PrivateTraining",
+    "PublicFeatureNetwork",
     "PureDpEvent",
+    "QuadraticObjective",
     "SampledGaussianEvent",
+    "TargetBounds",
+    "default_ridge",
     "derive_seed",
+    "gradient_steps",
     "make_generator",
+    "make_noise_generator",
     "make_private",
+    "minimise",
     "plan_dpsgd",
     "planned_round_event",
+    "stabilise",
     "would_exceed",
 ]

@@ -8,6 +8,7 @@ of Google's ``dp_accounting`` and the ``history`` of Opacus' accountants.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -124,6 +125,20 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"privacy.delta must be in (0, 1), got {delta}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _accountant_epsilon(
+    accountant: str, delta: float, history: tuple[tuple[float, float, int], ...]
+) -> float:
+    """Epsilon of a sampled-Gaussian history from the Opacus accountant (memoised).
+
+    The value is a pure function of its arguments; clients with the same plan (and the
+    budget checks before and after each round) ask for the same histories again and again.
+    """
+    acc = create_accountant(mechanism=accountant)
+    acc.history = list(history)
+    return float(acc.get_epsilon(delta=delta))
+
+
 class PrivacyLedger:
     """Privacy events of one client over a run, composed into one ``(epsilon, delta)``.
 
@@ -211,9 +226,8 @@ class PrivacyLedger:
                 f"privacy.accountant {self._accountant!r} can only compose events with one "
                 f"(noise_multiplier, sample_rate), got {sorted(merged)}"
             )
-        acc = create_accountant(mechanism=self._accountant)
-        acc.history = [(nm, q, steps) for (nm, q), steps in merged.items()]
-        return float(acc.get_epsilon(delta=self._delta)) + pure
+        history = tuple(sorted((nm, q, steps) for (nm, q), steps in merged.items()))
+        return _accountant_epsilon(self._accountant, self._delta, history) + pure
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

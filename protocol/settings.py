@@ -23,6 +23,10 @@ STRATEGIES = ("fedavg", "scorer", "fedmedian", "fedtrimmedavg", "krum", "multikr
 """Names the ServerApp's strategy registry serves (``reliability.strategy``); a test keeps the
 registry in ``fl_server.strategies`` and this tuple equal, so configs are checked up front."""
 
+FUNCTIONAL_BOUNDS = ("l2", "paper")
+"""Sensitivity bounds of the functional mechanism (``privacy.functional_bound``); a test keeps
+this tuple and ``privacy.functional.SENSITIVITY_BOUNDS`` equal."""
+
 
 def _f(key: str, default: Any) -> Any:
     return field(default=default, metadata={"key": key})
@@ -46,6 +50,8 @@ class RunSettings:
     privacy_accountant: str = _f("privacy.accountant", "rdp")
     privacy_secure_rng: bool = _f("privacy.secure_rng", False)
     privacy_grad_sample_mode: str = _f("privacy.grad_sample_mode", "ew")
+    privacy_functional_bound: str = _f("privacy.functional_bound", "l2")
+    privacy_functional_steps: int = _f("privacy.functional_steps", 0)
     num_clients: int = _f("federation.num_clients", 3)
     num_rounds: int = _f("federation.rounds", 3)
     fraction_train: float = _f("federation.fraction_train", 1.0)
@@ -120,6 +126,14 @@ class RunSettings:
             eps = self.privacy_target_epsilon
             self._require("privacy_target_epsilon", math.isfinite(eps) and eps > 0, "must be > 0")
             self._require("privacy_delta", 0 < self.privacy_delta < 1, "must be in (0, 1)")
+        self._require(
+            "privacy_functional_bound",
+            self.privacy_functional_bound in FUNCTIONAL_BOUNDS,
+            f"must be one of {list(FUNCTIONAL_BOUNDS)}",
+        )
+        self._require(
+            "privacy_functional_steps", self.privacy_functional_steps >= 0, "must be >= 0"
+        )
         self._require(
             "reliability_strategy",
             self.reliability_strategy in STRATEGIES,

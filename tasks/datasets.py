@@ -226,3 +226,8 @@ def bundle_from_hf(spec: DatasetSpec, train: object, test: object) -> DataBundle
     return DataBundle(
         spec.hf_name, x_train, y_train, x_test, y_test, x_train.shape[1:], num_classes
     )
+
+
+# Sources defined in other modules register themselves on import (kept last: they import
+# this module's registry).
+import tasks.tabular  # noqa: E402, F401  (adult, wage)

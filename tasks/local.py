@@ -3,15 +3,22 @@
 A mode takes the global model and the client's data and returns trained weights plus the
 client's cumulative epsilon, or declines when a round would take it past its budget. Modes
 know nothing of Flower: the ClientApp hands them a :class:`LedgerStore` that persists the
-client's privacy ledger wherever the node keeps it.
+client's privacy ledger wherever the node keeps it, and a JSON-able ``state`` dict that it
+keeps in the node's state between rounds (the DP-SGD plan, the functional mechanism's noisy
+objective).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +26,8 @@ from torch import nn
 
 from privacy import (
     PrivacyLedger,
+    PureDpEvent,
+    derive_seed,
     make_generator,
     make_private,
     plan_dpsgd,
@@ -26,8 +35,17 @@ from privacy import (
     would_exceed,
 )
 from privacy.dpsgd import DpSgdPlan
+from privacy.functional import (
+    FunctionalMechanism,
+    QuadraticObjective,
+    default_ridge,
+    gradient_steps,
+    make_noise_generator,
+    minimise,
+    stabilise,
+)
 from protocol.settings import RunSettings
-from tasks.models import get_weights
+from tasks.models import FUNCTIONAL_MODELS, FunctionalModel, get_weights
 from tasks.partition import ClientData
 from tasks.training import make_loader, train_epochs
 
@@ -46,7 +64,19 @@ class LedgerStore(Protocol):
 
 @dataclass
 class LocalTask:
-    """Everything a mode needs for one round on one client."""
+    """Everything a mode needs for one round on one client.
+
+    Attributes
+    ----------
+    state : dict
+        The client's state across rounds, JSON-able values only; the ClientApp keeps it in
+        the node's state (``context.state``). Modes read and write their own keys.
+    partition_id : int
+        The client's partition (seeds draws that must not depend on the round).
+    state_dir : Path or None
+        A directory on the node's disk, next to the ledger, for privacy state that a
+        restart must not lose (None: node state only).
+    """
 
     settings: RunSettings
     data: ClientData
@@ -55,7 +85,9 @@ class LocalTask:
     server_round: int
     seed: int
     ledger: LedgerStore
-    plan_cache: dict[str, DpSgdPlan]
+    state: dict[str, Any]
+    partition_id: int = 0
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -112,9 +144,9 @@ def train_plain(task: LocalTask) -> LocalResult:
 
 def dpsgd_plan(task: LocalTask) -> DpSgdPlan:
     """The client's DP-SGD plan: noise calibrated once for the whole run, then reused."""
-    if "plan" not in task.plan_cache:
+    if "plan" not in task.state:
         s = task.settings
-        task.plan_cache["plan"] = plan_dpsgd(
+        plan = plan_dpsgd(
             target_epsilon=s.privacy_target_epsilon,
             delta=s.privacy_delta,
             n_train=len(task.data.y_train),
@@ -123,7 +155,8 @@ def dpsgd_plan(task: LocalTask) -> DpSgdPlan:
             rounds=s.num_rounds,
             accountant=s.privacy_accountant,
         )
-    return task.plan_cache["plan"]
+        task.state["plan"] = dataclasses.asdict(plan)
+    return DpSgdPlan(**task.state["plan"])
 
 
 @register_mode("dpsgd")
@@ -168,3 +201,161 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
     task.ledger.save(ledger)
     weights = {k: v.detach().cpu().numpy().copy() for k, v in private.plain_state_dict().items()}
     return LocalResult(weights, n, stats.loss, ledger.epsilon(), "", seconds)
+
+
+# ------------------------------------------------------------------ functional mechanism
+FUNCTIONAL_KEY = "functional"
+"""Key of the noisy objectives in :attr:`LocalTask.state` (and name of the file on disk)."""
+FUNCTIONAL_VERSION = 1
+
+
+def functional_model(task_model: nn.Module, model_name: str) -> FunctionalModel:
+    """The model as a :class:`FunctionalModel`; ``ValueError`` names the supported models."""
+    if not isinstance(task_model, FunctionalModel):
+        raise ValueError(
+            f"privacy.mode='functional' supports model.name in {sorted(FUNCTIONAL_MODELS)}, "
+            f"got {model_name!r}"
+        )
+    return task_model
+
+
+def functional_file(state_dir: Path, partition_id: int) -> Path:
+    """Where a client's noisy objectives lie on disk: beside its ledger."""
+    return state_dir / f"{FUNCTIONAL_KEY}-client-{partition_id}.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Temporary file in the same directory, fsync, ``os.replace``: old or new, never torn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_release(task: LocalTask) -> dict[str, Any] | None:
+    """The stored release: the file on disk wins (it survives restarts), else node state."""
+    path = (
+        functional_file(task.state_dir, task.partition_id) if task.state_dir is not None else None
+    )
+    release: dict[str, Any] | None = None
+    if path is not None and path.exists():
+        release = json.loads(path.read_text(encoding="utf-8"))
+    elif FUNCTIONAL_KEY in task.state:
+        release = task.state[FUNCTIONAL_KEY]
+        if path is not None:  # the file went missing: put the release back beside the ledger
+            _write_atomically(path, json.dumps(release))
+    if release is not None:
+        task.state[FUNCTIONAL_KEY] = release
+    return release
+
+
+def _check_release(release: dict[str, Any], expected: dict[str, Any]) -> None:
+    """A stored release must match this run's mechanism; reusing another one is an error."""
+    for key, value in expected.items():
+        if release.get(key) != value:
+            raise ValueError(
+                f"the stored functional-mechanism release has {key}={release.get(key)!r} but this "
+                f"run has {value!r}; it was drawn for another configuration (remove it only if "
+                "its budget is accounted for elsewhere)"
+            )
+
+
+@register_mode("functional")
+def train_functional(task: LocalTask) -> LocalResult:
+    """The functional mechanism: one noisy objective per client dataset, minimised every round.
+
+    First round of a client: build the exact objective of the model's trainable head on its
+    training data (records normalised by the dataset's public bounds), add
+    ``Laplace(Delta/epsilon)`` noise once (Zhang et al. 2012, Algorithm 1; one-vs-rest heads
+    share ``epsilon`` equally), record ONE :class:`PureDpEvent` of ``epsilon =
+    privacy.target_epsilon`` in the ledger, then keep the noisy objectives in the client's
+    state and beside the ledger on disk (ledger first: a crash in between over-counts, never
+    under-counts). Every round (the first included): stabilise the same noisy objectives
+    and move from the received global weights to their minimiser (closed form, or
+    ``privacy.functional_steps`` gradient steps). Only post-processing after the draw, so
+    epsilon stays at ``privacy.target_epsilon`` however many rounds run.
+
+    If the stored objectives are lost (node state and disk), a new draw is a new release: it
+    is recorded as a second event, and declined when that would exceed the budget.
+    """
+    s = task.settings
+    model = functional_model(task.model, s.model_name)
+    n = len(task.data.y_train)
+    outputs = model.head.out_features
+    dim = model.head.in_features
+    mech = FunctionalMechanism(
+        epsilon=s.privacy_target_epsilon / outputs,
+        kind=model.objective_kind,
+        bound=s.privacy_functional_bound,
+    )
+    expected = {
+        "version": FUNCTIONAL_VERSION,
+        "model": s.model_name,
+        "kind": mech.kind,
+        "bound": mech.bound,
+        "epsilon": float(s.privacy_target_epsilon),
+        "dim": dim,
+        "outputs": outputs,
+        "num_examples": n,
+    }
+    start = time.perf_counter()
+    release = _load_release(task)
+    if release is None:
+        ledger = task.ledger.load()
+        event = PureDpEvent(epsilon=float(s.privacy_target_epsilon), round=task.server_round)
+        if ledger.epsilon_if(event) > s.privacy_target_epsilon * (1 + 1e-9):
+            return LocalResult(
+                None,
+                n,
+                float("nan"),
+                ledger.epsilon(),
+                f"declined: no stored functional-mechanism objective, and a new noise draw "
+                f"would take epsilon from {ledger.epsilon():.4g} past the budget "
+                f"{s.privacy_target_epsilon:g}",
+            )
+        feats = model.fm_features(task.data.x_train)
+        targets = model.fm_targets(task.data.y_train)
+        generator = make_noise_generator(
+            derive_seed(s.seed, task.partition_id, 0xF0C7), secure=s.privacy_secure_rng
+        )
+        noisy = [mech.perturb(mech.objective(feats, t), generator) for t in targets]
+        ledger.record(event)
+        task.ledger.save(ledger)  # the spend is on record before anything uses the draw
+        release = {
+            **expected,
+            "round": task.server_round,
+            "objectives": [o.to_dict() for o in noisy],
+        }
+        task.state[FUNCTIONAL_KEY] = release
+        if task.state_dir is not None:
+            _write_atomically(
+                functional_file(task.state_dir, task.partition_id), json.dumps(release)
+            )
+    _check_release(release, expected)
+    stored: list[dict[str, Any]] = release["objectives"]
+    objectives = [QuadraticObjective.from_dict(o) for o in stored]
+    ridge = default_ridge(mech, dim)
+    start_weights = model.head.weight.detach().cpu().double().numpy()
+    rows = []
+    for k, objective in enumerate(objectives):
+        if s.privacy_functional_steps == 0:
+            rows.append(minimise(objective, ridge=ridge))
+        else:
+            stable = stabilise(objective, ridge=ridge)
+            rows.append(gradient_steps(stable, start_weights[k], steps=s.privacy_functional_steps))
+    head = np.stack(rows)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(head, dtype=model.head.weight.dtype))
+    # Reported loss: the noisy objectives at the new weights, per example (post-processing).
+    loss = sum(o.value(w) for o, w in zip(objectives, rows, strict=True)) / max(n, 1)
+    seconds = time.perf_counter() - start
+    return LocalResult(
+        get_weights(model), n, float(loss), task.ledger.load().epsilon(), "", seconds
+    )

@@ -10,6 +10,10 @@ hours, ``log1p`` dollars, 0/1 indicators). The functional mechanism needs every 
 the L2 unit ball; :data:`ADULT_BOUNDS`, :data:`WAGE_BOUNDS` and :data:`WAGE_TARGET_BOUNDS`
 declare public bounds per column (from the data dictionaries and common sense, not from
 the data) and :meth:`FeatureBounds.normalise` applies them record by record.
+:data:`PUBLIC_BOUNDS` maps ``dataset.name`` to them (and to the pixel range of digits and
+MNIST); the models ``logistic``, ``linear`` and ``fm_network`` (:mod:`tasks.models`) apply
+them inside their forward pass, so every privacy mode and the server's evaluation train and
+test on records with ``||x||_2 <= 1`` while the bundles keep the raw values.
 
 Regression convention: a regression bundle has ``num_classes == 0`` and a float32 ``y``
 (here ``log(wage)``), instead of int64 labels.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +35,15 @@ from tasks.datasets import DataBundle, DatasetSpec, register_dataset
 __all__ = [
     "ADULT_BOUNDS",
     "ADULT_FEATURES",
+    "PUBLIC_BOUNDS",
+    "PublicBounds",
     "WAGE_BOUNDS",
     "WAGE_FEATURES",
     "WAGE_TARGET_BOUNDS",
     "adult_frame_to_arrays",
     "package_file",
+    "public_bounds",
+    "register_public_bounds",
 ]
 
 # ------------------------------------------------------------------------------ Adult
@@ -192,3 +201,53 @@ def _wage(spec: DatasetSpec) -> DataBundle:
     n_test = int(round(WAGE_TEST_FRACTION * len(y)))
     test, train = order[:n_test], order[n_test:]
     return DataBundle("wage", x[train], y[train], x[test], y[test], (len(WAGE_FEATURES),), 0)
+
+
+# ------------------------------------------------------------------ public bounds registry
+@dataclass(frozen=True)
+class PublicBounds:
+    """A dataset's declared public bounds: features (and, for regression, the target).
+
+    The models that the functional mechanism serves (:mod:`tasks.models`: ``logistic``,
+    ``linear``, ``fm_network``) normalise their raw input with ``features`` inside their
+    forward pass, so every privacy mode and the server's evaluation see the same
+    unit-ball records while the :class:`~tasks.datasets.DataBundle` keeps raw features.
+    """
+
+    features: FeatureBounds
+    target: TargetBounds | None = None
+
+
+PUBLIC_BOUNDS: dict[str, PublicBounds] = {}
+
+
+def register_public_bounds(name: str, bounds: PublicBounds) -> PublicBounds:
+    """Declare the public bounds of dataset ``name`` (``dataset.name``)."""
+    PUBLIC_BOUNDS[name] = bounds
+    return bounds
+
+
+def public_bounds(name: str) -> PublicBounds:
+    """The declared bounds of dataset ``name``; ``ValueError`` lists the datasets that have them."""
+    if name not in PUBLIC_BOUNDS:
+        raise ValueError(
+            f"dataset.name={name!r} declares no public feature bounds, which the functional "
+            f"mechanism's models need; datasets with bounds: {sorted(PUBLIC_BOUNDS)}"
+        )
+    return PUBLIC_BOUNDS[name]
+
+
+def _pixel_bounds(pixels: int) -> FeatureBounds:
+    """Images scaled to ``[0, 1]`` by their loaders: the range is public by construction."""
+    return FeatureBounds(
+        lower=np.zeros(pixels),
+        upper=np.ones(pixels),
+        names=tuple(f"pixel_{i}" for i in range(pixels)),
+        intercept=True,
+    )
+
+
+register_public_bounds("adult", PublicBounds(ADULT_BOUNDS))
+register_public_bounds("wage", PublicBounds(WAGE_BOUNDS, WAGE_TARGET_BOUNDS))
+register_public_bounds("digits", PublicBounds(_pixel_bounds(64)))
+register_public_bounds("mnist", PublicBounds(_pixel_bounds(28 * 28)))

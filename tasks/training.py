@@ -1,4 +1,8 @@
-"""Plain PyTorch training and evaluation loops, and device selection."""
+"""Plain PyTorch training and evaluation loops, and device selection.
+
+Classification (int64 labels) uses cross-entropy and reports accuracy; regression (float
+targets, ``num_classes == 0``) uses the mean squared error, and its accuracy is NaN.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,13 @@ class TrainStats:
     examples_seen: int
 
 
+def _loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for integer labels, squared error for float targets."""
+    if y.is_floating_point():
+        return nn.functional.mse_loss(out.reshape(-1), y.to(out.dtype), reduction=reduction)
+    return nn.functional.cross_entropy(out, y, reduction=reduction)
+
+
 def train_epochs(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -50,8 +61,7 @@ def train_epochs(
     epochs: int,
     device: torch.device,
 ) -> TrainStats:
-    """Run ``epochs`` passes of cross-entropy SGD; returns the mean loss over steps."""
-    criterion = nn.CrossEntropyLoss()
+    """Run ``epochs`` passes of SGD (cross-entropy, or MSE for float targets); mean step loss."""
     model.train()
     total, steps, seen = 0.0, 0, 0
     for _ in range(epochs):
@@ -60,7 +70,7 @@ def train_epochs(
                 continue
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(xb), yb)
+            loss = _loss(model(xb), yb)
             loss.backward()
             optimizer.step()
             total += float(loss.detach())
@@ -73,16 +83,20 @@ def train_epochs(
 def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int = 1024
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``."""
+    """Mean loss and accuracy of ``model`` on ``(x, y)``.
+
+    Classification: (mean cross-entropy, accuracy). Regression (float ``y``): (MSE, NaN).
+    """
     if len(y) == 0:
         return float("nan"), float("nan")
     model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    regression = np.issubdtype(np.asarray(y).dtype, np.floating)
     loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
         xb = torch.as_tensor(x[start : start + batch_size]).to(device)
         yb = torch.as_tensor(y[start : start + batch_size]).to(device)
         out = model(xb)
-        loss += float(criterion(out, yb))
-        correct += int((out.argmax(1) == yb).sum())
-    return loss / len(y), correct / len(y)
+        loss += float(_loss(out, yb, reduction="sum"))
+        if not regression:
+            correct += int((out.argmax(1) == yb).sum())
+    return loss / len(y), (float("nan") if regression else correct / len(y))

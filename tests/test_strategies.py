@@ -105,8 +105,12 @@ def test_fltrust_needs_server_data_in_the_config_check() -> None:
     settings = RunSettings(reliability_strategy="scorer", reliability_scorer="fltrust")
     with pytest.raises(ValueError, match="reliability.server_data_size"):
         check_data(settings)
-    check = check_data(dataclasses.replace(settings, reliability_server_data_size=100))
-    assert len(check[0]) == settings.num_clients and min(check[0]) > 0
+    with_data = check_data(dataclasses.replace(settings, reliability_server_data_size=100))
+    assert len(with_data.train_sizes) == settings.num_clients
+    assert min(with_data.train_sizes) > 0
+    # the server's root data comes out of the clients' pool
+    plain = check_data(RunSettings())
+    assert sum(with_data.train_sizes) < sum(plain.train_sizes)
 
 
 # ---------------------------------------------------------------------- robustness
@@ -154,6 +158,27 @@ def test_scorer_gives_the_attacker_the_lowest_weight() -> None:
         assert math.isfinite(o.score) and math.isfinite(o.reputation)
     assert all(bad.score < o.score for o in outcomes.values())
     assert all(bad.reputation < o.reputation for o in outcomes.values())
+
+
+@pytest.mark.parametrize("name", ["fedmedian", "krum"])
+def test_baseline_keeps_the_global_dtype(name: str) -> None:
+    strategy = _ready(name, 5)
+    replies = [
+        trained(100 + i, 0.0, 100, weights={"w": np.full(SHAPE, 1.0 + i, dtype=np.float64)})
+        for i in range(5)
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["trained"] == 5
+    assert from_record(arrays)["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["fedavg", "scorer", "fedmedian"])
+def test_extra_metric_key_does_not_stop_the_round(name: str) -> None:
+    strategy = _ready(name, 5)
+    replies, _, _ = _round(5)
+    replies[0].content.metric_records["metrics"]["extra"] = 1.0
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics["trained"] == 5
 
 
 def test_registry_entries_are_factories_of_settings() -> None:

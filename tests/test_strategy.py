@@ -410,3 +410,12 @@ def test_aggregate_evaluate_ignores_client_without_examples() -> None:
     )
     assert metrics["val-loss"] == pytest.approx(0.5)
     assert metrics["val-accuracy"] == pytest.approx(0.75)
+
+
+# ---------------------------------------------------------------------- hostile replies
+def test_duplicate_partition_id_is_rejected_not_fatal() -> None:
+    strategy = _strategy()
+    # node 105 claims partition 5, like node 5 (partition id = node % 100)
+    arrays, metrics = strategy.aggregate_train(1, [trained(5, 1.0, 10), trained(105, 2.0, 10)])
+    assert arrays is not None
+    assert metrics["rejected"] == 1

@@ -242,7 +242,7 @@ def test_model_shapes_and_opacus_compatibility(name: str, shape_name: str) -> No
 
 
 def test_all_registered_models_are_tested() -> None:
-    assert set(MODELS) == {"logreg", "mlp", "cnn"}
+    assert set(MODELS) == {"logreg", "mlp", "cnn", "logistic", "linear", "fm_network"}
 
 
 @pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])

@@ -141,3 +141,27 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         stop_process_tree(p, grace=5)
     assert proc.returncode != 0
     assert not left, f"left running after Ctrl-C: {[p.cmdline() for p in left]}"
+
+
+def test_reliability_scorer_run_with_label_flippers_writes_scores(tmp_path: Path) -> None:
+    res = run_cli(
+        tmp_path,
+        "reliability=median_agreement",
+        "participants=label_flip",
+        "participants.unreliable_fraction=0.3",
+        "privacy=none",
+        "federation.num_clients=4",
+        "federation.rounds=2",
+    )
+    left = processes_in_home(tmp_path)
+    for p in left:
+        stop_process_tree(p, grace=5)
+    assert res.returncode == 0, res.stdout + res.stderr
+    truth = pd.read_csv(tmp_path / "participants.csv")
+    assert truth["unreliable"].sum() == 1  # round(0.3 * 4)
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    assert set(clients["round"]) == {1, 2}
+    assert clients[["score", "reputation", "weight"]].notna().all().all()
+    for _, rnd in clients.groupby("round"):
+        assert rnd["weight"].sum() == pytest.approx(1.0)
+    assert not left
