@@ -59,10 +59,13 @@ def privacy_table(out_dir: Path) -> pd.DataFrame:
 def plot_run(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Test accuracy and the largest client epsilon per round, on twin axes, as a PNG."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot(metrics["round"], metrics["test_accuracy"], "o-", color="tab:blue", label="accuracy")
+    regression = not np.isfinite(metrics["test_accuracy"].astype(float)).any()
+    column, label = ("test_loss", "test MSE") if regression else ("test_accuracy", "test accuracy")
+    ax.plot(metrics["round"], metrics[column], "o-", color="tab:blue", label=label)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy", color="tab:blue")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(label, color="tab:blue")
+    if not regression:
+        ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     if "epsilon_max" in metrics and np.isfinite(metrics["epsilon_max"].astype(float)).any():
         ax2 = ax.twinx()

@@ -146,13 +146,19 @@ def main(cfg: DictConfig) -> float:
         settings, cfg.federation.client_cpus, cfg.federation.client_gpus
     )
     eps = summary.get("epsilon_max")
+    if is_regression(settings.model_name):
+        quality = f"test mse {summary['final_test_loss']:.4f}"
+    else:
+        quality = f"test accuracy {summary['final_test_accuracy']:.4f}"
     print(
-        f"done: test accuracy {summary['final_test_accuracy']:.4f} after {summary['rounds']} "
-        f"rounds, max client epsilon {eps if eps is None else round(eps, 3)}, "
-        f"{summary['wall_seconds']:.0f} s; results in {out_dir}",
+        f"done: {quality} after {summary['rounds']} rounds, max client epsilon "
+        f"{eps if eps is None else round(eps, 3)}, {summary['wall_seconds']:.0f} s; "
+        f"results in {out_dir}",
         flush=True,
     )
-    return float(summary["final_test_accuracy"])
+    return float(
+        summary["final_test_loss" if is_regression(settings.model_name) else "final_test_accuracy"]
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ def _mean_loss(trained: list[ClientOutcome]) -> float:
     return float(losses.mean())
 
 
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars as Python numbers, NaN and infinities as null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 class RunRecorder:
     """Collect round rows and client rows; rewrite the CSVs atomically after every round."""
 
@@ -107,6 +116,7 @@ class RunRecorder:
             "epsilon_max": max(eps) if eps else None,
             "wall_seconds": time.time() - self.started,
         } | extra
-        text = json.dumps(summary, indent=2, default=float)
+        summary = {k: _json_safe(v) for k, v in summary.items()}
+        text = json.dumps(summary, indent=2, allow_nan=False)
         _atomic_write(self.out_dir / "summary.json", lambda p: Path(p).write_text(text))
         return summary

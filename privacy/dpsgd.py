@@ -6,6 +6,7 @@ federation; :func:`make_private` wraps a model/optimizer/loader with Opacus for 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,7 @@ class DpSgdPlan:
         return self.steps_per_round * self.rounds
 
 
+@functools.lru_cache(maxsize=256)
 def plan_dpsgd(
     *,
     target_epsilon: float,
@@ -98,9 +100,10 @@ def plan_dpsgd(
     equals ``batch_size / n_train`` when ``batch_size`` divides ``n_train``, and is slightly
     smaller otherwise. ``batch_size > n_train`` thus clamps the sample rate to 1.0.
 
-    The noise multiplier is calibrated once with Opacus' ``get_noise_multiplier`` (binary
-    search, tolerance ``min(0.01, 0.01 * target_epsilon)``) and then verified with the
-    accountant, so the plan's epsilon is at or just under ``target_epsilon``.
+    Memoised: the plan is a pure function of its arguments. The noise multiplier is
+    calibrated once with Opacus' ``get_noise_multiplier`` (binary search, tolerance
+    ``min(0.01, 0.01 * target_epsilon)``) and then verified with the accountant, so the
+    plan's epsilon is at or just under ``target_epsilon``.
 
     Raises
     ------

@@ -11,8 +11,9 @@ transport (SuperLink, SuperNodes) is left out, which changes no number here but 
 of dozens of federations fit on two cores. By default it uses an MNIST subset so that every
 client holds a few hundred examples.
 
-    .venv/bin/python bench/reliability.py                      # the default grid (~15 min here)
-    .venv/bin/python bench/reliability.py --fractions 0 0.1 0.3 0.5 --partitioners iid dirichlet
+    .venv/bin/python bench/robust_aggregation.py           # the default grid
+    .venv/bin/python bench/robust_aggregation.py --fractions 0 0.1 0.3 0.5 \
+        --partitioners iid dirichlet
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def federation(settings: RunSettings) -> dict:
     """Run one federation in process; returns final accuracy and detection AUC."""
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
-    spec = ModelSpec(settings.model_name, bundle.input_shape, bundle.num_classes)
+    spec = ModelSpec(
+        settings.model_name, bundle.input_shape, bundle.num_classes, settings.model_hidden
+    )
     model = build_model(spec, settings.seed)
     server_update = (
         ServerUpdate(settings, bundle) if settings.reliability_server_data_size else None
@@ -109,7 +112,7 @@ def federation(settings: RunSettings) -> dict:
         for pid in clients
     }
     ledgers = {pid: MemoryLedger(settings.privacy_delta) for pid in clients}
-    plans: dict[int, dict] = {pid: {} for pid in clients}
+    states: dict[int, dict] = {pid: {} for pid in clients}
     mode = get_mode(settings.privacy_mode)
     g = get_weights(model)
     for rnd in range(1, settings.num_rounds + 1):
@@ -119,14 +122,15 @@ def federation(settings: RunSettings) -> dict:
             local = build_model(spec, settings.seed)
             set_weights(local, g)
             task = LocalTask(
-                settings,
-                data[pid],
-                local,
-                torch.device("cpu"),
-                rnd,
-                derive_seed(settings.seed, pid, rnd),
-                ledgers[pid],
-                plans[pid],
+                settings=settings,
+                data=data[pid],
+                model=local,
+                device=torch.device("cpu"),
+                server_round=rnd,
+                seed=derive_seed(settings.seed, pid, rnd),
+                ledger=ledgers[pid],
+                state=states[pid],
+                partition_id=pid,
             )
             out = mode(task)
             assert out.weights is not None, out.reason
