@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from privacy import plan_dpsgd
 from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.datasets import load_dataset
@@ -106,4 +107,15 @@ def check_data(settings: RunSettings) -> DataCheck:
             f"privacy.delta must be below 1/n for the smallest client (n={smallest}, "
             f"1/n={1.0 / smallest:.3g}), got {settings.privacy_delta:g}"
         )
+    if settings.privacy_mode == "dpsgd":  # the budget must be certifiable for every client
+        for n in sorted({min(sizes), max(sizes)}):
+            plan_dpsgd(
+                target_epsilon=settings.privacy_target_epsilon,
+                delta=settings.privacy_delta,
+                n_train=n,
+                batch_size=settings.batch_size,
+                local_epochs=settings.local_epochs,
+                rounds=settings.num_rounds,
+                accountant=settings.privacy_accountant,
+            )
     return DataCheck(tuple(sizes), len(bundle.y_test))

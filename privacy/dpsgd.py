@@ -126,16 +126,24 @@ def plan_dpsgd(
     sample_rate = 1.0 / math.ceil(n_train / batch_size)
     steps_per_round = local_epochs * int(1 / sample_rate)
     total_steps = steps_per_round * rounds
-    noise_multiplier = float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=total_steps,
-            accountant=accountant,
-            epsilon_tolerance=min(0.01, 0.01 * target_epsilon),
+    try:
+        noise_multiplier = float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=total_steps,
+                accountant=accountant,
+                epsilon_tolerance=min(0.01, 0.01 * target_epsilon),
+            )
         )
-    )
+    except ValueError as err:  # Opacus: "The privacy budget is too low."
+        raise ValueError(
+            f"privacy.target_epsilon={target_epsilon:g} cannot be certified by the "
+            f"{accountant!r} accountant at privacy.delta={delta:g} for {total_steps} steps at "
+            f"sample rate {sample_rate:.4g} ({err}); raise the epsilon, or try "
+            "privacy.accountant=prv"
+        ) from err
     acc = create_accountant(mechanism=accountant)
     acc.history = [(noise_multiplier, sample_rate, total_steps)]
     eps = float(acc.get_epsilon(delta=delta))

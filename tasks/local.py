@@ -86,7 +86,7 @@ class LocalTask:
     seed: int
     ledger: LedgerStore
     state: dict[str, Any]
-    partition_id: int = 0
+    partition_id: int
     state_dir: Path | None = None
 
 

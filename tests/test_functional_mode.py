@@ -196,7 +196,7 @@ def test_functional_with_an_unsupported_model_names_the_supported_ones(name: str
     settings = dataclasses.replace(ADULT, model_name=name)
     data = client_data(ADULT)
     model = build_model(ModelSpec(name, data.input_shape, 2, 8, "adult"))
-    task = LocalTask(settings, data, model, torch.device("cpu"), 1, 1, MemoryStore(1e-5), {})
+    task = LocalTask(settings, data, model, torch.device("cpu"), 1, 1, MemoryStore(1e-5), {}, 0)
     with pytest.raises(ValueError, match="supports model.name in"):
         get_mode("functional")(task)
 

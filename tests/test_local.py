@@ -35,7 +35,7 @@ def make_task(settings: RunSettings, rnd: int, store: MemoryStore, cache: dict) 
     dspec, pspec = specs_from_settings(settings)
     data = load_client_data(dspec, pspec, 0, settings.val_fraction)
     model = build_model(ModelSpec(settings.model_name, data.input_shape, data.num_classes), 0)
-    return LocalTask(settings, data, model, torch.device("cpu"), rnd, 1000 + rnd, store, cache)
+    return LocalTask(settings, data, model, torch.device("cpu"), rnd, 1000 + rnd, store, cache, 0)
 
 
 def test_dpsgd_spends_cumulatively_then_declines_past_budget() -> None:
