@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -63,6 +64,7 @@ def plot_run(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
     column, label = ("test_loss", "test MSE") if regression else ("test_accuracy", "test accuracy")
     ax.plot(metrics["round"], metrics[column], "o-", color="tab:blue", label=label)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label, color="tab:blue")
     if not regression:
         ax.set_ylim(0, 1)

@@ -70,6 +70,7 @@ class RoundPrinter:
         if int(row["round"]) > 0:
             line += (
                 f" | clients {int(row['participants'])} trained, {int(row['declined'])} declined,"
+                f" {int(row.get('rejected', 0))} rejected,"
                 f" {int(row['failed'])} failed | {row['round_seconds']:.1f} s"
             )
         return line
