@@ -5,15 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from experiments.launcher import processes_in_home, stop_process_tree
-
-REPO = Path(__file__).resolve().parents[2]
+from e2e_cli import run_cli
 
 pytestmark = [
     pytest.mark.skipif(
@@ -24,23 +20,6 @@ pytestmark = [
         importlib.util.find_spec("ISLP") is None, reason="pip install --no-deps ISLP==0.6.0"
     ),
 ]
-
-
-def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *overrides],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    finally:
-        leftovers = processes_in_home(out)
-        for proc in leftovers:
-            stop_process_tree(proc, grace=5)
-        assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from e2e_cli import REPO, run_cli
 
 from experiments.launcher import processes_in_home, stop_process_tree
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *overrides],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +27,6 @@ def dpsgd_run(
         "federation.num_clients=3",
         "federation.rounds=2",
     )
-    leftovers = processes_in_home(out)
-    for proc in leftovers:
-        stop_process_tree(proc, grace=5)
-    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
     return out, res
 
 

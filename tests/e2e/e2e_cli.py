@@ -1,0 +1,29 @@
+"""Run ``python -m experiments.run`` as a user would, and make sure it left nothing running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from experiments.launcher import processes_in_home, stop_process_tree
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run one federation into ``out``; fail if any Flower/Ray process outlives it."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *overrides],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        leftovers = processes_in_home(out)
+        for proc in leftovers:
+            stop_process_tree(proc, grace=5)
+        assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
