@@ -41,12 +41,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from experiments.config import check_data
 from fl_server.strategies import make_strategy
-from privacy import PrivacyLedger, derive_seed
+from privacy import derive_seed
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import load_dataset
-from tasks.local import LocalResult, LocalTask, get_mode
+from tasks.local import LocalResult, LocalTask, MemoryLedgerStore, get_mode
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.partition import load_client_data, specs_from_settings
 from tasks.training import evaluate
@@ -57,19 +57,6 @@ DATASETS = {
     "adult": ("logistic", "accuracy", True),
     "wage": ("linear", "mse", False),
 }
-
-
-class MemoryLedger:
-    """A client's ledger kept in memory for the length of one benchmark federation."""
-
-    def __init__(self, delta: float, accountant: str) -> None:
-        self.ledger = PrivacyLedger(delta=delta, accountant=accountant)
-
-    def load(self) -> PrivacyLedger:
-        return self.ledger
-
-    def save(self, ledger: PrivacyLedger) -> None:
-        self.ledger = ledger
 
 
 def reply(node: int, server_round: int, result: LocalResult, pid: int, delta: float) -> Message:
@@ -119,7 +106,8 @@ def federation(settings: RunSettings) -> dict[str, Any]:
     clients = range(settings.num_clients)
     data = {pid: load_client_data(dspec, pspec, pid, settings.val_fraction) for pid in clients}
     ledgers = {
-        pid: MemoryLedger(settings.privacy_delta, settings.privacy_accountant) for pid in clients
+        pid: MemoryLedgerStore(settings.privacy_delta, settings.privacy_accountant)
+        for pid in clients
     }
     states: dict[int, dict[str, Any]] = {pid: {} for pid in clients}
     mode = get_mode(settings.privacy_mode)

@@ -32,12 +32,12 @@ from sklearn.metrics import roc_auc_score
 
 from fl_server.app import ServerUpdate
 from fl_server.strategies import make_strategy
-from privacy import PrivacyLedger, derive_seed
+from privacy import derive_seed
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import DataBundle, DatasetSpec, load_dataset, register_dataset
-from tasks.local import LocalTask, get_mode
+from tasks.local import LocalTask, MemoryLedgerStore, get_mode
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.partition import load_client_data, specs_from_settings
 from tasks.training import evaluate
@@ -59,19 +59,6 @@ def _mnist_subset(spec: DatasetSpec) -> DataBundle:
         x_test=full.x_test[:2000],
         y_test=full.y_test[:2000],
     )
-
-
-class MemoryLedger:
-    """A client's ledger kept in memory for the length of one benchmark federation."""
-
-    def __init__(self, delta: float) -> None:
-        self.ledger = PrivacyLedger(delta=delta)
-
-    def load(self) -> PrivacyLedger:
-        return self.ledger
-
-    def save(self, ledger: PrivacyLedger) -> None:
-        self.ledger = ledger
 
 
 def reply(node: int, server_round: int, weights: dict, n: int, pid: int, eps: float) -> Message:
@@ -111,7 +98,7 @@ def federation(settings: RunSettings) -> dict:
         pid: corrupt_data(load_client_data(dspec, pspec, pid, settings.val_fraction), settings, pid)
         for pid in clients
     }
-    ledgers = {pid: MemoryLedger(settings.privacy_delta) for pid in clients}
+    ledgers = {pid: MemoryLedgerStore(settings.privacy_delta) for pid in clients}
     states: dict[int, dict] = {pid: {} for pid in clients}
     mode = get_mode(settings.privacy_mode)
     g = get_weights(model)

@@ -62,6 +62,26 @@ class LedgerStore(Protocol):
         ...
 
 
+class MemoryLedgerStore:
+    """A :class:`LedgerStore` in memory, for tests and in-process benchmarks (not for nodes).
+
+    ``load`` returns a copy, as a store on disk would; ``saves`` counts the saves.
+    """
+
+    def __init__(self, delta: float, accountant: str = "rdp") -> None:
+        self.ledger = PrivacyLedger(delta=delta, accountant=accountant)
+        self.saves = 0
+
+    def load(self) -> PrivacyLedger:
+        """A copy of the ledger as last saved."""
+        return PrivacyLedger.from_json(self.ledger.to_json())
+
+    def save(self, ledger: PrivacyLedger) -> None:
+        """Keep ``ledger`` (in memory only)."""
+        self.ledger = ledger
+        self.saves += 1
+
+
 @dataclass
 class LocalTask:
     """Everything a mode needs for one round on one client.

@@ -15,10 +15,10 @@ from opacus.validators import ModuleValidator
 
 from experiments.config import check_data
 from fl_client.app import _load_state, _save_state
-from privacy import PrivacyLedger, PureDpEvent
+from privacy import PureDpEvent
 from privacy.functional import SENSITIVITY_BOUNDS, FeatureBounds, minimise
 from protocol.settings import FUNCTIONAL_BOUNDS, RunSettings
-from tasks.local import FUNCTIONAL_KEY, LocalTask, functional_file, get_mode
+from tasks.local import FUNCTIONAL_KEY, LocalTask, MemoryLedgerStore, functional_file, get_mode
 from tasks.models import FunctionalModel, ModelSpec, PublicNormalise, build_model, get_weights
 from tasks.partition import ClientData, load_client_data, specs_from_settings
 from tasks.tabular import ADULT_BOUNDS
@@ -45,21 +45,6 @@ ADULT = RunSettings(
 WAGE = dataclasses.replace(ADULT, dataset_name="wage", model_name="linear", num_clients=2)
 
 
-class MemoryStore:
-    """A ledger store in memory (what the ClientApp keeps in node state and on disk)."""
-
-    def __init__(self, delta: float) -> None:
-        self.ledger = PrivacyLedger(delta=delta)
-        self.saves = 0
-
-    def load(self) -> PrivacyLedger:
-        return PrivacyLedger.from_json(self.ledger.to_json())
-
-    def save(self, ledger: PrivacyLedger) -> None:
-        self.ledger = ledger
-        self.saves += 1
-
-
 def client_data(settings: RunSettings, pid: int = 0) -> ClientData:
     dspec, pspec = specs_from_settings(settings)
     return load_client_data(dspec, pspec, pid, settings.val_fraction)
@@ -79,7 +64,7 @@ def make_model(settings: RunSettings, data: ClientData, seed: int = 0) -> torch.
 def make_task(
     settings: RunSettings,
     rnd: int,
-    store: MemoryStore,
+    store: MemoryLedgerStore,
     state: dict,
     state_dir: Path | None = None,
     start: np.ndarray | None = None,
@@ -101,7 +86,7 @@ def test_sensitivity_bound_names_agree_with_the_library() -> None:
 
 # ---------------------------------------------------------------------- noise drawn once
 def test_noise_drawn_once_two_rounds_same_objective_and_minimiser() -> None:
-    store, state = MemoryStore(ADULT.privacy_delta), {}
+    store, state = MemoryLedgerStore(ADULT.privacy_delta), {}
     mode = get_mode("functional")
     r1 = mode(make_task(ADULT, 1, store, state))
     stored = json.dumps(state[FUNCTIONAL_KEY])
@@ -118,7 +103,7 @@ def test_noise_drawn_once_two_rounds_same_objective_and_minimiser() -> None:
 
 def test_gradient_steps_from_different_global_weights_reach_the_same_minimiser() -> None:
     settings = dataclasses.replace(ADULT, privacy_functional_steps=2000)
-    store, state = MemoryStore(settings.privacy_delta), {}
+    store, state = MemoryLedgerStore(settings.privacy_delta), {}
     mode = get_mode("functional")
     rng = np.random.default_rng(1)
     a = mode(make_task(settings, 1, store, state, start=np.zeros((1, 13))))
@@ -135,7 +120,7 @@ def test_gradient_steps_from_different_global_weights_reach_the_same_minimiser()
 
 
 def test_restart_with_state_lost_reads_the_objective_beside_the_ledger(tmp_path: Path) -> None:
-    store, mode = MemoryStore(ADULT.privacy_delta), get_mode("functional")
+    store, mode = MemoryLedgerStore(ADULT.privacy_delta), get_mode("functional")
     r1 = mode(make_task(ADULT, 1, store, {}, state_dir=tmp_path))
     path = functional_file(tmp_path, 0)
     assert path.exists() and json.loads(path.read_text())["epsilon"] == 1.0
@@ -153,7 +138,7 @@ def test_restart_with_state_lost_reads_the_objective_beside_the_ledger(tmp_path:
 
 
 def test_objective_lost_everywhere_is_a_new_release_never_a_silent_one() -> None:
-    store, mode = MemoryStore(ADULT.privacy_delta), get_mode("functional")
+    store, mode = MemoryLedgerStore(ADULT.privacy_delta), get_mode("functional")
     mode(make_task(ADULT, 1, store, {}))
     # neither node state nor disk kept the objective; the ledger was kept: a new draw would
     # be a second event (2 x epsilon) past the budget, so the client declines and says why
@@ -162,13 +147,13 @@ def test_objective_lost_everywhere_is_a_new_release_never_a_silent_one() -> None
     assert "no stored functional-mechanism objective" in r2.reason and "budget" in r2.reason
     assert len(store.ledger.events) == 1 and r2.epsilon == 1.0
     # a ledger lost too (a new node): the draw is recorded, once, as a fresh ledger's event
-    fresh = MemoryStore(ADULT.privacy_delta)
+    fresh = MemoryLedgerStore(ADULT.privacy_delta)
     r3 = mode(make_task(ADULT, 3, fresh, {}))
     assert r3.weights is not None and [e.round for e in fresh.ledger.events] == [3]
 
 
 def test_stored_release_of_another_configuration_is_refused(tmp_path: Path) -> None:
-    store, mode = MemoryStore(ADULT.privacy_delta), get_mode("functional")
+    store, mode = MemoryLedgerStore(ADULT.privacy_delta), get_mode("functional")
     mode(make_task(ADULT, 1, store, {}, state_dir=tmp_path))
     other = dataclasses.replace(ADULT, privacy_target_epsilon=2.0)
     with pytest.raises(ValueError, match="epsilon=1.0 but this run has 2.0"):
@@ -196,7 +181,9 @@ def test_functional_with_an_unsupported_model_names_the_supported_ones(name: str
     settings = dataclasses.replace(ADULT, model_name=name)
     data = client_data(ADULT)
     model = build_model(ModelSpec(name, data.input_shape, 2, 8, "adult"))
-    task = LocalTask(settings, data, model, torch.device("cpu"), 1, 1, MemoryStore(1e-5), {}, 0)
+    task = LocalTask(
+        settings, data, model, torch.device("cpu"), 1, 1, MemoryLedgerStore(1e-5), {}, 0
+    )
     with pytest.raises(ValueError, match="supports model.name in"):
         get_mode("functional")(task)
 
@@ -229,7 +216,7 @@ def test_nan_in_a_column_is_named() -> None:
     x = data.x_train.copy()
     x[3, 2] = np.nan
     bad = dataclasses.replace(data, x_train=x)
-    task = make_task(ADULT, 1, MemoryStore(1e-5), {}, data=bad)
+    task = make_task(ADULT, 1, MemoryLedgerStore(1e-5), {}, data=bad)
     with pytest.raises(ValueError, match="column 'hours_per_week' contains NaN"):
         get_mode("functional")(task)
     with pytest.raises(ValueError, match="column 'c' is constant"):
@@ -307,7 +294,7 @@ def test_dpsgd_and_plain_sgd_train_the_functional_models(settings, name) -> None
         s = dataclasses.replace(settings, privacy_mode=mode, privacy_target_epsilon=4.0)
         data = client_data(s)
         small = dataclasses.replace(data, x_train=data.x_train[:400], y_train=data.y_train[:400])
-        task = make_task(s, 1, MemoryStore(s.privacy_delta), {}, data=small)
+        task = make_task(s, 1, MemoryLedgerStore(s.privacy_delta), {}, data=small)
         result = get_mode(mode)(task)
         assert result.weights is not None and np.isfinite(result.train_loss), (name, mode)
 
@@ -315,7 +302,7 @@ def test_dpsgd_and_plain_sgd_train_the_functional_models(settings, name) -> None
 # ---------------------------------------------------------------------- utility
 def test_logistic_functional_on_adult_beats_the_majority_class() -> None:
     data = client_data(ADULT)
-    result = get_mode("functional")(make_task(ADULT, 1, MemoryStore(1e-5), {}, data=data))
+    result = get_mode("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), {}, data=data))
     model = make_model(ADULT, data)
     assert result.weights is not None
     model.load_state_dict({k: torch.as_tensor(v) for k, v in result.weights.items()})
@@ -326,7 +313,7 @@ def test_logistic_functional_on_adult_beats_the_majority_class() -> None:
 def test_linear_functional_on_wage_beats_predicting_the_mean() -> None:
     settings = dataclasses.replace(WAGE, privacy_target_epsilon=100.0)
     data = client_data(settings)
-    result = get_mode("functional")(make_task(settings, 1, MemoryStore(1e-5), {}, data=data))
+    result = get_mode("functional")(make_task(settings, 1, MemoryLedgerStore(1e-5), {}, data=data))
     assert result.weights is not None and result.epsilon == 100.0
     model = make_model(settings, data)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in result.weights.items()})
@@ -344,7 +331,7 @@ def test_fm_network_one_vs_rest_on_digits_learns() -> None:
         num_clients=1,
     )
     data = client_data(settings)
-    result = get_mode("functional")(make_task(settings, 1, MemoryStore(1e-5), {}, data=data))
+    result = get_mode("functional")(make_task(settings, 1, MemoryLedgerStore(1e-5), {}, data=data))
     assert result.weights is not None and result.weights["head.weight"].shape == (10, 65)
     model = make_model(settings, data)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in result.weights.items()})
@@ -356,7 +343,7 @@ def test_minimiser_is_the_closed_form_of_the_stored_objective() -> None:
     from privacy.functional import FunctionalMechanism, QuadraticObjective, default_ridge
 
     state: dict = {}
-    result = get_mode("functional")(make_task(ADULT, 1, MemoryStore(1e-5), state))
+    result = get_mode("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), state))
     objective = QuadraticObjective.from_dict(state[FUNCTIONAL_KEY]["objectives"][0])
     mech = FunctionalMechanism(1.0, "logistic", "l2")
     expected = minimise(objective, ridge=default_ridge(mech, 13))

@@ -8,30 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from privacy import PrivacyLedger
 from protocol.settings import RunSettings
-from tasks.local import LocalTask, get_mode
+from tasks.local import LocalTask, MemoryLedgerStore, get_mode
 from tasks.models import ModelSpec, build_model
 from tasks.partition import load_client_data, specs_from_settings
-
-
-class MemoryStore:
-    def __init__(self, delta: float) -> None:
-        self.ledger = PrivacyLedger(delta=delta)
-        self.saves = 0
-
-    def load(self) -> PrivacyLedger:
-        return PrivacyLedger.from_json(self.ledger.to_json())
-
-    def save(self, ledger: PrivacyLedger) -> None:
-        self.ledger = ledger
-        self.saves += 1
-
 
 SETTINGS = RunSettings(num_clients=3, num_rounds=2, privacy_target_epsilon=2.0, batch_size=32)
 
 
-def make_task(settings: RunSettings, rnd: int, store: MemoryStore, cache: dict) -> LocalTask:
+def make_task(settings: RunSettings, rnd: int, store: MemoryLedgerStore, cache: dict) -> LocalTask:
     dspec, pspec = specs_from_settings(settings)
     data = load_client_data(dspec, pspec, 0, settings.val_fraction)
     model = build_model(ModelSpec(settings.model_name, data.input_shape, data.num_classes), 0)
@@ -39,7 +24,7 @@ def make_task(settings: RunSettings, rnd: int, store: MemoryStore, cache: dict) 
 
 
 def test_dpsgd_spends_cumulatively_then_declines_past_budget() -> None:
-    store, cache = MemoryStore(SETTINGS.privacy_delta), {}
+    store, cache = MemoryLedgerStore(SETTINGS.privacy_delta), {}
     mode = get_mode("dpsgd")
     r1 = mode(make_task(SETTINGS, 1, store, cache))
     plan = cache["plan"]
@@ -60,7 +45,7 @@ def test_expanded_weights_and_hooks_compute_the_same_dp_sgd() -> None:
     results = {}
     for mode_name in ("ew", "hooks"):
         settings = dataclasses.replace(SETTINGS, privacy_grad_sample_mode=mode_name)
-        store = MemoryStore(settings.privacy_delta)
+        store = MemoryLedgerStore(settings.privacy_delta)
         results[mode_name] = get_mode("dpsgd")(make_task(settings, 1, store, {}))
     a, b = results["ew"].weights, results["hooks"].weights
     assert a is not None and b is not None
@@ -70,7 +55,7 @@ def test_expanded_weights_and_hooks_compute_the_same_dp_sgd() -> None:
 
 def test_no_privacy_mode_reports_infinite_epsilon_and_trains() -> None:
     settings = dataclasses.replace(SETTINGS, privacy_mode="none")
-    task = make_task(settings, 1, MemoryStore(settings.privacy_delta), {})
+    task = make_task(settings, 1, MemoryLedgerStore(settings.privacy_delta), {})
     before = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
     result = get_mode("none")(task)
     assert result.epsilon == float("inf")
