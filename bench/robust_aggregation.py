@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import itertools
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -138,8 +139,21 @@ def federation(settings: RunSettings) -> dict:
     return {"test_accuracy": acc, "detection_auc": auc}
 
 
-STRATEGY_SETTINGS = {
-    "scorer(fltrust)": {"reliability_strategy": "scorer", "reliability_scorer": "fltrust"},
+EXCLUDE = {"reliability_relative_threshold": 0.5, "reliability_by_reputation": False}
+"""As ``conf/reliability/fltrust.yaml`` and ``output_agreement.yaml``: below half the median
+reputation excluded, the rest averaged by example counts."""
+
+STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
+    "scorer(fltrust)": {
+        "reliability_strategy": "scorer",
+        "reliability_scorer": "fltrust",
+        **EXCLUDE,
+    },
+    "scorer(output)": {
+        "reliability_strategy": "scorer",
+        "reliability_scorer": "output_agreement",
+        **EXCLUDE,
+    },
     "scorer(median)": {"reliability_strategy": "scorer", "reliability_scorer": "median_agreement"},
     "fedavg": {"reliability_strategy": "fedavg"},
     "fedmedian": {"reliability_strategy": "fedmedian"},
@@ -160,6 +174,7 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_SETTINGS))
     ap.add_argument("--out", default="bench-reliability.csv")
     args = ap.parse_args()
+    torch.set_num_threads(1)  # one federation per core; oversubscription only slows the grid
     POOL["n"] = args.pool
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 

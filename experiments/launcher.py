@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "fedpriv"
 
 
-def _bin(name: str) -> str:
+def bin_path(name: str) -> str:
     """A console script installed beside the running interpreter."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
@@ -41,16 +41,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_for_port(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    name: str = "flower-superlink",
+    host: str = "127.0.0.1",
+) -> None:
+    """Wait until ``proc`` (called ``name`` in errors) listens on ``host:port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with code {proc.returncode} at start")
+            raise RuntimeError(f"{name} exited with code {proc.returncode} at start")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
-    raise TimeoutError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:g} s")
+    raise TimeoutError(f"{name} did not listen on {host}:{port} within {timeout:g} s")
 
 
 def stop_process_tree(proc: psutil.Process | subprocess.Popen[Any], grace: float = 10.0) -> None:
@@ -89,6 +96,21 @@ def processes_in_home(home: Path) -> list[psutil.Process]:
     return found
 
 
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a Flower process: its own ``FLWR_HOME``, no telemetry, no ``uv sync``."""
+    env = dict(os.environ)
+    env |= {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        "RAY_DEDUP_LOGS": "0",
+        # Flower starts its helpers (flower-superexec, flwr-serverapp) by name.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    }
+    return env | dict(extra or {})
+
+
 @dataclass
 class RunStatus:
     """A run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
@@ -107,95 +129,62 @@ class RunStatus:
         return self.text == "finished:completed"
 
 
-class LocalSimulation:
-    """A SuperLink in simulation mode, owned by this process (a context manager).
+class FlowerCli:
+    """A SuperLink connection driven with the ``flwr`` CLI: submit, status, follow, stop.
 
     Parameters
     ----------
     workdir
-        Holds ``FLWR_HOME`` (the connection config, the SuperLink's state) and its log.
-    num_supernodes, client_cpus, client_gpus
-        The simulated federation: one SuperNode per client, resources per ClientApp.
+        Holds ``FLWR_HOME`` (the connection config) and the run's log.
+    proc
+        The SuperLink process when this process owns it (checked while following a run).
     """
 
-    def __init__(
-        self,
-        workdir: Path,
-        num_supernodes: int,
-        client_cpus: int = 1,
-        client_gpus: float = 0.0,
-        app_dir: Path = REPO,
-    ) -> None:
+    def __init__(self, workdir: Path, app_dir: Path = REPO) -> None:
         self.workdir = workdir
         self.flwr_home = workdir / ".flwr"
-        self.num_supernodes = num_supernodes
-        self.client_cpus = client_cpus
-        self.client_gpus = client_gpus
         self.app_dir = app_dir
-        self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment for every Flower process: own home, no telemetry, no ``uv sync``."""
-        env = dict(os.environ)
-        env |= {
-            "FLWR_HOME": str(self.flwr_home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            "RAY_DEDUP_LOGS": "0",
-            # Flower starts its helpers (flower-superexec, flwr-serverapp) by name.
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        }
-        return env
-
-    def __enter__(self) -> LocalSimulation:
+    def write_connection(
+        self, address: str, root_certificates: Path | None = None, insecure: bool = False
+    ) -> None:
+        """Write ``FLWR_HOME/config.toml`` with one connection, the default, named ``fedpriv``."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
-        )
-        self._log = open(self.workdir / "superlink.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                _bin("flower-superlink"),
-                "--simulation",
-                "--insecure",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--disable-runtime-dependency-installation",
-            ],
-            env=self.env,
-            cwd=self.workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_for_port(self.port, self.proc, timeout=60)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        lines = [
+            f'[superlink]\ndefault = "{CONNECTION}"\n',
+            f"[superlink.{CONNECTION}]",
+            f'address = "{address}"',
+        ]
+        if insecure:
+            lines.append("insecure = true")
+        if root_certificates is not None:
+            lines.append(f'root-certificates = "{Path(root_certificates).resolve()}"')
+        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def federation_config(self) -> str:
+        """``flwr run --federation-config`` value ("" for none)."""
+        return ""
+
+    def __enter__(self) -> FlowerCli:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            stop_process_tree(self.proc)
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        return None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for every Flower process: own home, no telemetry, no ``uv sync``."""
+        return flower_env(self.flwr_home)
 
     # ------------------------------------------------------------------ runs
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``flwr ARGS`` against this connection; the completed process (never raises)."""
+        return self._flwr(*args, timeout=timeout)
+
     def _flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [_bin("flwr"), *args],
+            [bin_path("flwr"), *args],
             env=self.env,
             cwd=self.workdir,
             capture_output=True,
@@ -207,20 +196,14 @@ class LocalSimulation:
     def submit(self, run_config: Mapping[str, Any]) -> int:
         """Start the app with ``run_config``; returns the run id."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        federation = (
-            f"num-supernodes={self.num_supernodes} "
-            f"client-resources-num-cpus={self.client_cpus} "
-            f"client-resources-num-gpus={float(self.client_gpus)} "
-            f"init-args-num-cpus={max(os.cpu_count() or 1, self.client_cpus)}"
-        )
+        federation = self.federation_config()
         res = self._flwr(
             "run",
             str(self.app_dir),
             CONNECTION,
             "--run-config",
             overrides,
-            "--federation-config",
-            federation,
+            *(["--federation-config", federation] if federation else []),
             "--format",
             "json",
         )
@@ -254,7 +237,7 @@ class LocalSimulation:
         """Poll until the run finishes, calling ``on_tick`` between polls; stop it on Ctrl-C."""
         deadline = None if timeout is None else time.monotonic() + timeout
         logs = subprocess.Popen(
-            [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+            [bin_path("flwr"), "log", str(run_id), CONNECTION, "--stream"],
             env=self.env,
             cwd=self.workdir,
             stdout=open(self.workdir / "run.log", "ab"),  # noqa: SIM115
@@ -279,3 +262,75 @@ class LocalSimulation:
             raise
         finally:
             stop_process_tree(logs, grace=2)
+
+
+class LocalSimulation(FlowerCli):
+    """A SuperLink in simulation mode, owned by this process (a context manager).
+
+    Parameters
+    ----------
+    workdir
+        Holds ``FLWR_HOME`` (the connection config, the SuperLink's state) and its log.
+    num_supernodes, client_cpus, client_gpus
+        The simulated federation: one SuperNode per client, resources per ClientApp.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        num_supernodes: int,
+        client_cpus: int = 1,
+        client_gpus: float = 0.0,
+        app_dir: Path = REPO,
+    ) -> None:
+        super().__init__(workdir, app_dir)
+        self.num_supernodes = num_supernodes
+        self.client_cpus = client_cpus
+        self.client_gpus = client_gpus
+        self.port = 0
+        self._log: IO[bytes] | None = None
+
+    def federation_config(self) -> str:
+        """The simulated federation's size and resources."""
+        return (
+            f"num-supernodes={self.num_supernodes} "
+            f"client-resources-num-cpus={self.client_cpus} "
+            f"client-resources-num-gpus={float(self.client_gpus)} "
+            f"init-args-num-cpus={max(os.cpu_count() or 1, self.client_cpus)}"
+        )
+
+    def __enter__(self) -> LocalSimulation:
+        self.port = free_port()
+        self.write_connection(f"127.0.0.1:{self.port}", insecure=True)
+        self._log = open(self.workdir / "superlink.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                bin_path("flower-superlink"),
+                "--simulation",
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(self.port, self.proc, timeout=60)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            stop_process_tree(self.proc)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

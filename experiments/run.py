@@ -18,12 +18,16 @@ from pathlib import Path
 import hydra
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import check_data, to_settings
-from experiments.launcher import LocalSimulation
+from experiments.config import DataCheck, check_data, to_settings
+from experiments.deploy import check_deployment, deployment_connection
+from experiments.launcher import FlowerCli, LocalSimulation
 from experiments.report import plot_run, privacy_table
+from experiments.resume import resume_argv, resume_config
 from experiments.schema import register_schema
+from experiments.sweep import job_guard, run_identity
 from protocol.settings import RunSettings
 from tasks.models import is_regression
 from tasks.unreliable import unreliable_clients
@@ -76,8 +80,17 @@ class RoundPrinter:
         return line
 
 
-def run_federation(settings: RunSettings, client_cpus: int, client_gpus: float) -> dict:
-    """Steps 2-4 for validated settings whose ``output_dir`` is set; returns the summary."""
+def run_federation(
+    settings: RunSettings,
+    client_cpus: int,
+    client_gpus: float,
+    connection: FlowerCli | None = None,
+) -> dict:
+    """Steps 2-4 for validated settings whose ``output_dir`` is set; returns the summary.
+
+    ``connection``: a running deployment's SuperLink (``federation=deployment``); without it
+    the run goes to a private simulation SuperLink.
+    """
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     unreliable = set(unreliable_clients(settings))
@@ -92,7 +105,7 @@ def run_federation(settings: RunSettings, client_cpus: int, client_gpus: float) 
         }
     ).to_csv(out / "participants.csv", index=False)
     printer = RoundPrinter(out, settings)
-    with LocalSimulation(out, settings.num_clients, client_cpus, client_gpus) as sim:
+    with connection or LocalSimulation(out, settings.num_clients, client_cpus, client_gpus) as sim:
         run_id = sim.submit(settings.to_run_config())
         print(f"run {run_id} submitted; logs in {out / 'run.log'}", flush=True)
         status = sim.follow(run_id, on_tick=printer)
@@ -121,17 +134,16 @@ def _tail(path: Path, n: int) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the final test accuracy (for sweepers)."""
-    out_dir = HydraConfig.get().runtime.output_dir
-    try:  # 1. validate everything before any process starts
-        settings = to_settings(cfg, output_dir=str(Path(out_dir).resolve()))
-        check = check_data(settings)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    (Path(out_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+def prepare(cfg: DictConfig, out_dir: Path) -> tuple[RunSettings, DataCheck]:
+    """Step 1: settings from the composed config, checked against the data (``ValueError``)."""
+    settings = to_settings(cfg, output_dir=str(out_dir.resolve()))
+    check_deployment(cfg)  # federation.engine, and the SuperLink address and CA of a deployment
+    return settings, check_data(settings)
+
+
+def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: Path) -> float:
+    """Steps 2-4 for checked settings; returns the final test accuracy (MSE for regression)."""
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(
         f"fedpriv: {settings.num_clients} clients ({min(check.train_sizes)}-"
         f"{max(check.train_sizes)} training examples each), {settings.num_rounds} rounds, "
@@ -144,7 +156,10 @@ def main(cfg: DictConfig) -> float:
         flush=True,
     )
     summary = run_federation(  # 2-4
-        settings, cfg.federation.client_cpus, cfg.federation.client_gpus
+        settings,
+        cfg.federation.client_cpus,
+        cfg.federation.client_gpus,
+        deployment_connection(cfg, out_dir),  # None: a private simulation SuperLink
     )
     eps = summary.get("epsilon_max")
     if is_regression(settings.model_name):
@@ -157,10 +172,38 @@ def main(cfg: DictConfig) -> float:
         f"results in {out_dir}",
         flush=True,
     )
-    return float(
-        summary["final_test_loss" if is_regression(settings.model_name) else "final_test_accuracy"]
-    )
+    return float(summary[_metric(settings.model_name)])
+
+
+def _metric(model_name: str) -> str:
+    return "final_test_loss" if is_regression(model_name) else "final_test_accuracy"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns the final test accuracy, or MSE for regression (for sweepers).
+
+    In a multirun (``-m``) each job is guarded by :func:`experiments.sweep.job_guard`: a
+    completed run is skipped, a failed one is recorded and the sweep goes on.
+    """
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        with job_guard(out_dir, Path(hydra_cfg.sweep.dir), _metric(cfg.model.name)) as job:
+            if not job.skip:
+                settings, check = prepare(cfg, out_dir)
+                if not job.is_duplicate(run_identity(settings)):
+                    job.value = execute(cfg, settings, check, out_dir)
+        return job.value
+    try:  # 1. validate everything before any process starts
+        cfg, out_dir = resume_config(cfg, hydra_cfg.overrides.task, out_dir)
+        settings, check = prepare(cfg, out_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return execute(cfg, settings, check, out_dir)
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)
     main()

@@ -38,7 +38,8 @@ class PrivacyConf:
     spends all of it on its single noise draw. ``functional_bound`` (``l2`` | ``paper``) picks
     the functional mechanism's sensitivity; ``functional_steps`` is the number of gradient
     steps per round from the global weights towards the noisy objective's minimiser
-    (0: the closed-form minimiser).
+    (0: the closed-form minimiser). ``functional_aggregation``: ``objective`` (the server sums
+    the released noisy objectives and minimises once) or ``average`` (FedAvg of minimisers).
     """
 
     mode: str = "dpsgd"
@@ -50,11 +51,17 @@ class PrivacyConf:
     grad_sample_mode: str = "ew"
     functional_bound: str = "l2"
     functional_steps: int = 0
+    functional_aggregation: str = "objective"
 
 
 @dataclass
 class FederationConf:
-    """``federation=``: clients, rounds, local training and how data is split."""
+    """``federation=``: clients, rounds, local training and how data is split.
+
+    ``engine``: ``simulation`` (Flower's simulation engine here) or ``deployment`` (a running
+    SuperLink at ``superlink`` = ``HOST:PORT``, verified with the CA in ``root_certificates``;
+    ``num_clients`` is then how many SuperNodes the server waits for).
+    """
 
     engine: str = "simulation"
     num_clients: int = 3
@@ -69,8 +76,11 @@ class FederationConf:
     classes_per_client: int = 2
     val_fraction: float = 0.1
     round_timeout: float = 600.0
+    min_replies: int = 1
     client_cpus: int = 1
     client_gpus: float = 0.0
+    superlink: str = ""
+    root_certificates: str = ""
 
 
 @dataclass
@@ -81,6 +91,8 @@ class ReliabilityConf:
     scorer: str = "uniform"
     decay: float = 0.5
     threshold: float = 0.0
+    relative_threshold: float = 0.0
+    by_reputation: bool = True
     server_data_size: int = 0
     trim_beta: float = 0.2
     num_malicious: int = 0
@@ -103,6 +115,7 @@ class FedPrivConf:
 
     seed: int = 0
     device: str = "auto"
+    resume: str = ""
     dataset: DatasetConf = field(default_factory=DatasetConf)
     model: ModelConf = field(default_factory=ModelConf)
     privacy: PrivacyConf = field(default_factory=PrivacyConf)

@@ -18,6 +18,7 @@ from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.local import LocalTask, get_mode
 from tasks.models import ModelSpec, build_model, set_weights
+from tasks.node_data import load_node_data, task_shape
 from tasks.partition import ClientData, load_client_data, specs_from_settings
 from tasks.training import evaluate, select_device
 from tasks.unreliable import corrupt_data, corrupt_reply
@@ -58,10 +59,20 @@ def _identity(context: Context, settings: RunSettings) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _client_data(settings: RunSettings, partition_id: int, num_partitions: int) -> ClientData:
+def _partition_data(settings: RunSettings, partition_id: int, num_partitions: int) -> ClientData:
     dspec, pspec = specs_from_settings(settings, num_partitions)
     data = load_client_data(dspec, pspec, partition_id, settings.val_fraction)
     return corrupt_data(data, settings, partition_id)  # simulated unreliable participants
+
+
+def _client_data(context: Context, settings: RunSettings, pid: int, num: int) -> ClientData:
+    """The node's own file (node config ``data-path``, deployment) or its simulated partition."""
+    data_path = context.node_config.get("data-path")
+    if data_path:
+        return load_node_data(
+            str(data_path), task_shape(settings), settings.val_fraction, settings.seed, pid
+        )
+    return _partition_data(settings, pid, num)
 
 
 def _model(settings: RunSettings, data: ClientData, msg: Message) -> torch.nn.Module:
@@ -86,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data under the configured privacy mode."""
     settings = RunSettings.from_run_config(context.run_config)
     pid, num = _identity(context, settings)
-    data = _client_data(settings, pid, num)
+    data = _client_data(context, settings, pid, num)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
     server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
@@ -128,6 +139,8 @@ def train(msg: Message, context: Context) -> Message:
         global_weights = from_record(msg.content.array_records[keys.ARRAYS])
         sent = corrupt_reply(result.weights, global_weights, settings, pid)
         content[keys.ARRAYS] = to_record(sent)
+        if result.release is not None:  # functional mechanism: the epsilon-DP release itself
+            content[keys.FM_OBJECTIVES] = to_record(result.release)
     return Message(content=content, reply_to=msg)
 
 
@@ -136,7 +149,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the client's validation split."""
     settings = RunSettings.from_run_config(context.run_config)
     pid, num = _identity(context, settings)
-    data = _client_data(settings, pid, num)
+    data = _client_data(context, settings, pid, num)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
     loss, acc = evaluate(model, data.x_val, data.y_val, device)

@@ -1,4 +1,9 @@
-"""Flower ServerApp: FedAvg through ``strategy.start`` with central evaluation each round."""
+"""Flower ServerApp: FedAvg through ``strategy.start`` with central evaluation each round.
+
+After every round (and the initial evaluation, round 0) the server writes a checkpoint
+(:mod:`fl_server.checkpoint`); with ``resume-dir`` set it continues that run from the round
+after its last checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,13 @@ from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.partition import server_indices, specs_from_settings
 from tasks.training import evaluate, make_loader, select_device, train_epochs
 
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .recorder import RunRecorder
 from .strategies import make_strategy
 from .strategy import FedPrivMixin, Weights
@@ -43,10 +55,23 @@ class CentralEvaluation:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate ``arrays`` on the test split and record the round."""
         self.last = arrays
-        set_weights(self.model, from_record(arrays))
+        weights = from_record(arrays)
+        set_weights(self.model, weights)
         loss, acc = evaluate(self.model, self.bundle.x_test, self.bundle.y_test, self.device)
         row = self.recorder.record_round(
             server_round, loss, acc, self.strategy.rounds.get(server_round)
+        )
+        save_checkpoint(  # after the tables: a crash in between re-runs this round on resume
+            self.recorder.out_dir,
+            Checkpoint(
+                round=server_round,
+                weights=weights,
+                metrics=self.recorder.rounds,
+                clients=self.recorder.clients,
+                strategy=self.strategy.strategy_state(),
+                run_config=dict(self.settings.to_run_config()),
+                wall_seconds=self.recorder.elapsed(),
+            ),
         )
         eps = row.get("epsilon_max", math.nan)
         log(
@@ -91,6 +116,33 @@ class ServerUpdate:
         return {k: v - reference[k] for k, v in get_weights(model).items()}
 
 
+def resume_run(settings: RunSettings, strategy: FedPrivMixin, recorder: RunRecorder) -> Checkpoint:
+    """Load ``settings.resume_dir``'s checkpoint into ``strategy`` and ``recorder``.
+
+    Raises
+    ------
+    CheckpointError
+        If there is no usable checkpoint, if it was written with different data, model or
+        privacy settings (naming the setting), or if it already holds every round.
+    """
+    ckpt = load_checkpoint(Path(settings.resume_dir))
+    by_key = {RunSettings.run_config_key(n): n for n in RunSettings._fields()}
+    for key, stored, now in config_differences(ckpt.run_config, settings.to_run_config()):
+        name = RunSettings.setting_name(by_key[key]) if key in by_key else key
+        raise CheckpointError(
+            f"resume: {name} was {stored!r} in the run at {settings.resume_dir}, got {now!r}; "
+            "a resumed run keeps its settings (only federation.rounds may be raised)"
+        )
+    if ckpt.round >= settings.num_rounds:
+        raise CheckpointError(
+            f"resume: the run at {settings.resume_dir} already completed round {ckpt.round}; "
+            f"federation.rounds={settings.num_rounds} leaves nothing to run"
+        )
+    strategy.load_strategy_state(ckpt.strategy)
+    recorder.restore(ckpt.metrics, ckpt.clients, ckpt.wall_seconds)
+    return ckpt
+
+
 def _model_spec(settings: RunSettings, bundle: DataBundle) -> ModelSpec:
     return ModelSpec(
         settings.model_name,
@@ -105,7 +157,11 @@ def _model_spec(settings: RunSettings, bundle: DataBundle) -> ModelSpec:
 def main(grid: Grid, context: Context) -> None:
     """Run the federation: 1. settings, 2. data and model, 3. strategy, 4. rounds, 5. save."""
     settings = RunSettings.from_run_config(context.run_config).validate()
-    out_dir = Path(settings.output_dir or Path.cwd() / "outputs" / f"run-{context.run_id}")
+    out_dir = Path(
+        settings.output_dir
+        or settings.resume_dir
+        or Path.cwd() / "outputs" / f"run-{context.run_id}"
+    )
 
     bundle = load_dataset(specs_from_settings(settings)[0])
     initial = build_model(_model_spec(settings, bundle), seed=settings.seed)
@@ -117,12 +173,19 @@ def main(grid: Grid, context: Context) -> None:
     assert isinstance(strategy, FedPrivMixin)
     recorder = RunRecorder(out_dir, settings.num_rounds)
     evaluation = CentralEvaluation(settings, bundle, strategy, recorder)
+    arrays, start_round = to_record(get_weights(initial)), 1
+    if settings.resume_dir:
+        ckpt = resume_run(settings, strategy, recorder)
+        arrays, start_round = to_record(ckpt.weights), ckpt.round + 1
+        evaluation.last = arrays
+        log(INFO, "fedpriv resuming %s after round %d", settings.resume_dir, ckpt.round)
     strategy.start(
         grid=grid,
-        initial_arrays=to_record(get_weights(initial)),
+        initial_arrays=arrays,
         num_rounds=settings.num_rounds,
         timeout=settings.round_timeout,
         evaluate_fn=evaluation,
+        start_round=start_round,
     )
     assert evaluation.last is not None
     summary = recorder.finish(from_record(evaluation.last), {"run_id": int(context.run_id)})

@@ -5,6 +5,7 @@ Files in the run's output directory:
 ``metrics.csv``   one row per round (round 0 is the initial model)
 ``clients.csv``   one row per client and round: status, weight, epsilon, loss, reason
 ``final_model.npz``  the final global weights (numpy, no pickle)
+``checkpoint/``   the last completed round's state, for ``resume`` (:mod:`fl_server.checkpoint`)
 ``summary.json``  written last; its presence means the run completed
 """
 
@@ -87,6 +88,7 @@ class RunRecorder:
                 "epsilon_max": max(eps) if eps else math.nan,
                 "epsilon_mean": float(np.mean(eps)) if eps else math.nan,
                 "kept_previous_model": log.kept_previous_model,
+                "kept_reason": log.kept_reason,
                 "round_seconds": time.perf_counter() - log.started,
                 "client_train_seconds_max": max(secs) if secs else math.nan,
                 "client_train_seconds_sum": sum(secs),
@@ -95,6 +97,20 @@ class RunRecorder:
         self.rounds.append(row)
         self.flush()
         return row
+
+    def restore(
+        self, rounds: list[dict[str, Any]], clients: list[dict[str, Any]], wall_seconds: float
+    ) -> None:
+        """Continue a resumed run: its rows so far (from a checkpoint) and its wall time."""
+        self.rounds = [dict(r) for r in rounds]
+        self.clients = [dict(c) for c in clients]
+        self.started = time.time() - wall_seconds
+        (self.out_dir / "summary.json").unlink(missing_ok=True)  # not complete any more
+        self.flush()
+
+    def elapsed(self) -> float:
+        """Seconds the run has spent so far (across resumes)."""
+        return time.time() - self.started
 
     def flush(self) -> None:
         """Rewrite ``metrics.csv`` and ``clients.csv``."""

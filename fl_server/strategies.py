@@ -7,6 +7,7 @@ Bulyan), so a comparison differs only in how updates are combined.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,9 @@ from flwr.serverapp.strategy import (
 from protocol import keys
 from protocol.settings import RunSettings
 from reliability import ReliabilityWeighting, make_scorer
+from tasks.local import functional_noise_scale
 
+from .functional_strategy import ObjectiveFedAvg
 from .strategy import FedPrivMixin, WeightedFedAvg, Weights, weight_by_examples
 
 ServerUpdate = Callable[[int, Weights], Weights | None]
@@ -49,6 +52,21 @@ def make_strategy(settings: RunSettings, server_update: ServerUpdate | None = No
     return STRATEGIES[name](settings, server_update)
 
 
+def _weighted(settings: RunSettings) -> Callable[..., WeightedFedAvg]:
+    """The weighted-FedAvg class for ``settings``.
+
+    For ``privacy.mode=functional`` with ``privacy.functional_aggregation=objective`` it is
+    :class:`ObjectiveFedAvg` (the server sums the clients' released noisy objectives and
+    minimises once, with the same weighting), else :class:`WeightedFedAvg`.
+    """
+    functional = settings.privacy_mode == "functional"
+    if functional and settings.privacy_functional_aggregation == "objective":
+        return functools.partial(
+            ObjectiveFedAvg, noise_scale=functools.partial(functional_noise_scale, settings)
+        )
+    return WeightedFedAvg
+
+
 def _common(settings: RunSettings) -> dict[str, Any]:
     return {
         "fraction_train": settings.fraction_train,
@@ -59,11 +77,12 @@ def _common(settings: RunSettings) -> dict[str, Any]:
 
 @register_strategy("fedavg")
 def _fedavg(settings: RunSettings, _: ServerUpdate | None) -> Strategy:
-    return WeightedFedAvg(
+    return _weighted(settings)(
         **_common(settings),
         seed=settings.seed,
         weighting=weight_by_examples,
         node_wait_timeout=settings.round_timeout,
+        min_replies=settings.min_replies,
     )
 
 
@@ -76,14 +95,19 @@ def _scorer(settings: RunSettings, server_update: ServerUpdate | None) -> Strate
             f"(reliability.server_data_size > 0), got {settings.reliability_server_data_size}"
         )
     weighting = ReliabilityWeighting(
-        scorer, decay=settings.reliability_decay, threshold=settings.reliability_threshold
+        scorer,
+        decay=settings.reliability_decay,
+        threshold=settings.reliability_threshold,
+        relative_threshold=settings.reliability_relative_threshold,
+        by_reputation=settings.reliability_by_reputation,
     )
-    return WeightedFedAvg(
+    return _weighted(settings)(
         **_common(settings),
         seed=settings.seed,
         weighting=weighting,
         server_update=server_update if scorer.needs_server_data else None,
         node_wait_timeout=settings.round_timeout,
+        min_replies=settings.min_replies,
     )
 
 
@@ -103,7 +127,7 @@ def _baseline(base: type[FedAvg], **extra: Callable[[RunSettings], Any]) -> Fact
             configrecord_key=keys.CONFIG,
             **{k: fn(settings) for k, fn in extra.items()},
         )
-        strategy.setup_fedpriv(settings.seed, settings.round_timeout)
+        strategy.setup_fedpriv(settings.seed, settings.round_timeout, settings.min_replies)
         return strategy
 
     return factory

@@ -7,8 +7,14 @@
 * replies are sorted into trained, declined (privacy budget), rejected (malformed: NaN/Inf,
   wrong shape or dtype, missing keys; see :mod:`reliability.validation`) and failed (the
   ClientApp raised); every client's outcome is kept per round for the results tables;
-* a round where every client failed raises :class:`NoClientSucceededError`; a round where no
-  update is usable keeps the previous global model and says so.
+* a sampled node that does not answer within the round's timeout is recorded as failed;
+* a client whose reported (cumulative) epsilon falls below what it reported before has lost
+  its privacy ledger: its update is rejected and the reason recorded;
+* a round where every client failed raises :class:`NoClientSucceededError`; a round with no
+  usable update, or fewer than ``federation.min_replies``, keeps the previous global model and
+  records why (``kept_reason``);
+* the state a resumed run needs (sampling RNG, reputations, clients' last epsilon) is
+  :meth:`FedPrivMixin.strategy_state`, and :meth:`FedPrivMixin.start` can begin at any round.
 
 :class:`WeightedFedAvg` aggregates in update space, ``g_new = g + sum_i a_i u_i``, with the
 weights ``a_i`` and updates ``u_i`` from a pluggable :data:`Weighting` (example counts by
@@ -32,6 +38,8 @@ from flwr.serverapp.strategy import FedAvg
 from protocol import keys
 from protocol.records import from_record, to_record
 from reliability import RoundInput, validate_count, validate_update
+
+from .rounds import Resumable
 
 Weights = dict[str, np.ndarray]
 
@@ -71,6 +79,8 @@ class RoundLog:
     started: float = field(default_factory=time.perf_counter)
     outcomes: list[ClientOutcome] = field(default_factory=list)
     kept_previous_model: bool = False
+    kept_reason: str = ""
+    sampled: list[int] = field(default_factory=list)
     val_loss: float = float("nan")
     val_accuracy: float = float("nan")
 
@@ -129,7 +139,7 @@ def parse_reply(
     return out, weights
 
 
-class FedPrivMixin:
+class FedPrivMixin(Resumable):
     """Seeded sampling, validation and outcome records in front of a Flower strategy."""
 
     fraction_train: float
@@ -138,23 +148,38 @@ class FedPrivMixin:
     min_evaluate_nodes: int
     min_available_nodes: int
 
-    def setup_fedpriv(self, seed: int, node_wait_timeout: float) -> None:
+    def setup_fedpriv(self, seed: int, node_wait_timeout: float, min_replies: int = 1) -> None:
         """Call from ``__init__`` after the Flower strategy's own initialisation."""
         self.node_wait_timeout = node_wait_timeout
+        self.min_replies = min_replies
         self._rng = random.Random(seed)
         self.rounds: dict[int, RoundLog] = {}
         self.current: ArrayRecord | None = None
+        self.client_epsilon: dict[int, float] = {}
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """Sample from the connected nodes (seeded).
+
+        The first round waits for all ``federation.num_clients`` nodes; once the federation
+        has formed, a round goes on with the nodes still connected as long as there are at
+        least ``federation.min_replies`` (a node that died does not stop the run).
+        """
+        need = self.min_replies if getattr(self, "_formed", False) else self.min_available_nodes
         deadline = time.monotonic() + self.node_wait_timeout
-        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
+        while len(nodes := sorted(grid.get_node_ids())) < need:
             if time.monotonic() > deadline:
+                what = (
+                    f"federation.min_replies={need}"
+                    if getattr(self, "_formed", False)
+                    else f"federation.num_clients={need}"
+                )
                 raise TimeoutError(
-                    f"only {len(nodes)} of federation.num_clients={self.min_available_nodes} "
-                    f"nodes connected within {self.node_wait_timeout:g} s"
+                    f"only {len(nodes)} of {what} nodes connected within "
+                    f"{self.node_wait_timeout:g} s"
                 )
             time.sleep(0.5)
+        self._formed = True
         size = min(len(nodes), max(minimum, int(len(nodes) * fraction)))
         return sorted(self._rng.sample(nodes, size))
 
@@ -173,6 +198,7 @@ class FedPrivMixin:
         self.rounds[server_round] = RoundLog()
         self.current = arrays
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        self.rounds[server_round].sampled = list(nodes)
         return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
 
     def configure_evaluate(
@@ -193,28 +219,74 @@ class FedPrivMixin:
         reference = from_record(self.current) if self.current is not None else {}
         usable: list[tuple[ClientOutcome, Weights, Message]] = []
         seen: set[int] = set()
+        answered: set[int] = set()
         for msg in replies:
             outcome, weights = parse_reply(server_round, msg, reference)
             log.outcomes.append(outcome)
+            answered.add(outcome.node_id)
             if weights is not None and outcome.partition_id in seen:
                 outcome.status = "rejected"
                 outcome.reason = f"duplicate partition-id {outcome.partition_id} in this round"
                 continue
+            if weights is not None and (problem := self._epsilon_fell(outcome)):
+                outcome.status, outcome.reason = "rejected", problem
+                continue
             if weights is not None:
                 seen.add(outcome.partition_id)
                 usable.append((outcome, weights, msg))
+        self._remember_epsilon(log.outcomes)
         if log.outcomes and all(o.status == "failed" for o in log.outcomes):
             reasons = "; ".join(sorted({o.reason for o in log.outcomes}))
             raise NoClientSucceededError(
                 f"round {server_round}: no client succeeded ({len(log.outcomes)} failed): {reasons}"
             )
-        arrays = self.aggregate_usable(server_round, usable, reference) if usable else None
-        if arrays is not None and not all(
-            np.all(np.isfinite(a)) for a in from_record(arrays).values()
-        ):
-            arrays = None  # never publish NaN weights
+        for node in log.sampled:  # silent nodes: counted, but a round of silence is not fatal
+            if node not in answered:
+                log.outcomes.append(
+                    ClientOutcome(
+                        server_round,
+                        node,
+                        reason="no reply within the round's timeout (federation.round_timeout)",
+                    )
+                )
+        arrays = None
+        if not usable:
+            counts = {s: sum(o.status == s for o in log.outcomes) for s in ("declined", "rejected")}
+            failed = sum(o.status == "failed" for o in log.outcomes)
+            log.kept_reason = (
+                f"no usable update ({counts['declined']} declined, {counts['rejected']} "
+                f"rejected, {failed} failed)"
+            )
+        elif len(usable) < self.min_replies:
+            log.kept_reason = (
+                f"{len(usable)} usable replies, fewer than federation.min_replies="
+                f"{self.min_replies}"
+            )
+        else:
+            arrays = self.aggregate_usable(server_round, usable, reference)
+            if arrays is None:  # aggregate_usable may have said why in log.kept_reason
+                log.kept_reason = log.kept_reason or "the strategy aggregated nothing"
+            elif not all(np.all(np.isfinite(a)) for a in from_record(arrays).values()):
+                arrays, log.kept_reason = None, "the aggregate was not finite"  # never publish
         log.kept_previous_model = arrays is None
         return arrays, train_metrics(log)
+
+    def _epsilon_fell(self, outcome: ClientOutcome) -> str:
+        """A reason to reject when a client's cumulative epsilon went down (ledger lost)."""
+        before = self.client_epsilon.get(outcome.partition_id)
+        eps = outcome.epsilon
+        if before is None or not math.isfinite(eps) or eps >= before - 1e-9 * max(1.0, before):
+            return ""
+        return (
+            f"epsilon fell from {before:.6g} to {eps:.6g}: the client's privacy ledger was "
+            "lost or reset"
+        )
+
+    def _remember_epsilon(self, outcomes: list[ClientOutcome]) -> None:
+        for o in outcomes:
+            if o.partition_id >= 0 and math.isfinite(o.epsilon):
+                before = self.client_epsilon.get(o.partition_id, -math.inf)
+                self.client_epsilon[o.partition_id] = max(before, o.epsilon)
 
     def aggregate_usable(
         self,
@@ -295,6 +367,7 @@ class WeightedFedAvg(FedPrivMixin, FedAvg):
         weighting: Weighting = weight_by_examples,
         server_update: Callable[[int, Weights], Weights | None] | None = None,
         node_wait_timeout: float = 600.0,
+        min_replies: int = 1,
         **_: Any,
     ) -> None:
         FedAvg.__init__(
@@ -308,7 +381,7 @@ class WeightedFedAvg(FedPrivMixin, FedAvg):
             arrayrecord_key=keys.ARRAYS,
             configrecord_key=keys.CONFIG,
         )
-        self.setup_fedpriv(seed, node_wait_timeout)
+        self.setup_fedpriv(seed, node_wait_timeout, min_replies)
         self.weighting = weighting
         self.server_update = server_update
 
@@ -342,6 +415,9 @@ class WeightedFedAvg(FedPrivMixin, FedAvg):
             o.score = float(details["score"][i]) if "score" in details else math.nan
             o.reputation = float(details["reputation"][i]) if "reputation" in details else math.nan
         if weights.sum() <= 0:
+            self.rounds.setdefault(
+                server_round, RoundLog()
+            ).kept_reason = "every aggregation weight was 0"
             return None
         return to_record(
             {

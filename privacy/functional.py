@@ -17,12 +17,22 @@ Differential Privacy", PVLDB 5(11), 2012 (FM).
   ``epsilon``-DP (pure; FM Lemma 1 / Theorem 1) and everything after it post-processing.
 * :class:`PublicFeatureNetwork` (:mod:`privacy.functional_network`): a neural network whose
   hidden layer never sees private data, with the functional mechanism on its output layer.
+* :func:`solve_summed` and friends (:mod:`privacy.functional_aggregate`): the server sums
+  the clients' released noisy objectives and minimises the sum once (post-processing).
 
 This package never imports ``flwr`` or any project package outside :mod:`privacy`.
 """
 
 from __future__ import annotations
 
+from privacy.functional_aggregate import (
+    objectives_from_arrays,
+    objectives_to_arrays,
+    release_shapes,
+    solve_summed,
+    sum_objectives,
+    summed_noise_ridge,
+)
 from privacy.functional_bounds import FeatureBounds, TargetBounds
 from privacy.functional_mechanism import (
     OBJECTIVES,
@@ -68,6 +78,12 @@ __all__ = [
     "logistic_sensitivity_l2",
     "make_noise_generator",
     "minimise",
+    "objectives_from_arrays",
+    "objectives_to_arrays",
     "register_objective",
+    "release_shapes",
+    "solve_summed",
     "stabilise",
+    "sum_objectives",
+    "summed_noise_ridge",
 ]

@@ -12,6 +12,10 @@ METRICS = "metrics"
 """MetricRecord in every reply."""
 STATUS = "status"
 """ConfigRecord in train replies: :data:`STATE` and a human-readable :data:`REASON`."""
+FM_OBJECTIVES = "fm-objectives"
+"""ArrayRecord in train replies of ``privacy.mode=functional`` with
+``privacy.functional_aggregation=objective``: the client's released noisy objectives
+(``alpha``, ``M``, ``c``; see ``privacy.functional_aggregate``), the same every round."""
 
 # MetricRecord entries
 NUM_EXAMPLES = "num-examples"

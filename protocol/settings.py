@@ -27,6 +27,14 @@ FUNCTIONAL_BOUNDS = ("l2", "paper")
 """Sensitivity bounds of the functional mechanism (``privacy.functional_bound``); a test keeps
 this tuple and ``privacy.functional.SENSITIVITY_BOUNDS`` equal."""
 
+FUNCTIONAL_AGGREGATIONS = ("objective", "average")
+"""How the server combines functional-mechanism clients (``privacy.functional_aggregation``):
+``objective`` sums the clients' released noisy objectives and minimises the sum once;
+``average`` averages the clients' own minimisers (FedAvg)."""
+
+OBJECTIVE_STRATEGIES = ("fedavg", "scorer")
+"""Strategies that can aggregate released objectives (their weights scale each objective)."""
+
 
 def _f(key: str, default: Any) -> Any:
     return field(default=default, metadata={"key": key})
@@ -52,6 +60,7 @@ class RunSettings:
     privacy_grad_sample_mode: str = _f("privacy.grad_sample_mode", "ew")
     privacy_functional_bound: str = _f("privacy.functional_bound", "l2")
     privacy_functional_steps: int = _f("privacy.functional_steps", 0)
+    privacy_functional_aggregation: str = _f("privacy.functional_aggregation", "objective")
     num_clients: int = _f("federation.num_clients", 3)
     num_rounds: int = _f("federation.rounds", 3)
     fraction_train: float = _f("federation.fraction_train", 1.0)
@@ -67,6 +76,8 @@ class RunSettings:
     reliability_scorer: str = _f("reliability.scorer", "uniform")
     reliability_decay: float = _f("reliability.decay", 0.5)
     reliability_threshold: float = _f("reliability.threshold", 0.0)
+    reliability_relative_threshold: float = _f("reliability.relative_threshold", 0.0)
+    reliability_by_reputation: bool = _f("reliability.by_reputation", True)
     reliability_server_data_size: int = _f("reliability.server_data_size", 0)
     reliability_trim_beta: float = _f("reliability.trim_beta", 0.2)
     reliability_num_malicious: int = _f("reliability.num_malicious", 0)
@@ -78,6 +89,8 @@ class RunSettings:
     device: str = _f("device", "auto")
     output_dir: str = _f("output_dir", "")
     round_timeout: float = _f("federation.round_timeout", 600.0)
+    min_replies: int = _f("federation.min_replies", 1)
+    resume_dir: str = _f("resume", "")
 
     # ------------------------------------------------------------------ conversion
     @staticmethod
@@ -122,6 +135,11 @@ class RunSettings:
         self._require("fraction_evaluate", 0 <= self.fraction_evaluate <= 1, "must be in [0, 1]")
         self._require("val_fraction", 0 <= self.val_fraction < 1, "must be in [0, 1)")
         self._require("classes_per_client", self.classes_per_client > 0, "must be > 0")
+        self._require(
+            "min_replies",
+            1 <= self.min_replies <= self.num_clients,
+            f"must be in [1, federation.num_clients={self.num_clients}]",
+        )
         if self.privacy_mode != "none":
             eps = self.privacy_target_epsilon
             self._require("privacy_target_epsilon", math.isfinite(eps) and eps > 0, "must be > 0")
@@ -134,6 +152,19 @@ class RunSettings:
         self._require(
             "privacy_functional_steps", self.privacy_functional_steps >= 0, "must be >= 0"
         )
+        self._require(
+            "privacy_functional_aggregation",
+            self.privacy_functional_aggregation in FUNCTIONAL_AGGREGATIONS,
+            f"must be one of {list(FUNCTIONAL_AGGREGATIONS)}",
+        )
+        if self.privacy_mode == "functional" and self.privacy_functional_aggregation == "objective":
+            self._require(
+                "reliability_strategy",
+                self.reliability_strategy in OBJECTIVE_STRATEGIES,
+                f"must be one of {list(OBJECTIVE_STRATEGIES)} with privacy.mode='functional' and "
+                "privacy.functional_aggregation='objective' (set "
+                "privacy.functional_aggregation=average for Flower's robust baselines)",
+            )
         self._require(
             "reliability_strategy",
             self.reliability_strategy in STRATEGIES,
@@ -155,6 +186,11 @@ class RunSettings:
         self._require("participants_tiny_size", self.participants_tiny_size > 0, "must be > 0")
         self._require("reliability_decay", 0 <= self.reliability_decay < 1, "must be in [0, 1)")
         self._require("reliability_threshold", self.reliability_threshold >= 0, "must be >= 0")
+        self._require(
+            "reliability_relative_threshold",
+            0 <= self.reliability_relative_threshold <= 1,
+            "must be in [0, 1]",
+        )
         self._require(
             "reliability_server_data_size", self.reliability_server_data_size >= 0, "must be >= 0"
         )

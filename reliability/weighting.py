@@ -133,17 +133,37 @@ class Reputation:
         return rep
 
 
+def _check_relative(relative_threshold: float) -> float:
+    if (
+        isinstance(relative_threshold, bool)
+        or not isinstance(relative_threshold, int | float)
+        or not 0 <= relative_threshold <= 1
+    ):
+        raise ValueError(
+            f"reliability.relative_threshold must be in [0, 1], got {relative_threshold!r}"
+        )
+    return float(relative_threshold)
+
+
 def aggregation_weights(
     reputations: np.ndarray,
     num_examples: Sequence[int],
     *,
     use_examples: bool = True,
     threshold: float = 0.0,
+    relative_threshold: float = 0.0,
+    by_reputation: bool = True,
 ) -> np.ndarray:
     """Normalised aggregation weights from reputations (and example counts).
 
-    ``raw_i = rep_i * n_i`` (or ``rep_i`` when ``use_examples`` is False), with ``raw_i = 0``
-    where ``rep_i < threshold``; the result is ``raw / sum(raw)``.
+    A client is *excluded* (weight 0) when its reputation is below the absolute ``threshold``
+    or below ``relative_threshold`` times the median reputation of this round's clients. The
+    relative rule is scale-free: it needs no knowledge of what a "good" score is for a given
+    scorer, model or noise level, and as long as most clients are honest the median is an
+    honest client's reputation. Each kept client gets ``raw_i = rep_i * n_i`` (``rep_i`` when
+    ``use_examples`` is False; ``n_i`` or 1 when ``by_reputation`` is False, so that the
+    reputation only decides who is kept and the kept clients are averaged as in FedAvg, which
+    under DP averages the clients' noise best); the result is ``raw / sum(raw)``.
 
     Returns
     -------
@@ -159,9 +179,12 @@ def aggregation_weights(
 
     """
     threshold = _check_threshold(threshold)
+    relative_threshold = _check_relative(relative_threshold)
     rep = _check_scores(reputations, len(num_examples), "reputations")
     counts = _check_scores(list(num_examples), len(rep), "num_examples")
-    raw = np.where(rep < threshold, 0.0, rep)
+    cut = max(threshold, relative_threshold * float(np.median(rep)) if len(rep) else 0.0)
+    kept = (rep >= cut) & (rep > 0)
+    raw = np.where(kept, rep if by_reputation else 1.0, 0.0)
     if use_examples:
         raw = raw * counts
     total = float(raw.sum())
@@ -185,6 +208,11 @@ class ReliabilityWeighting:
         Multiply reputations by example counts (FedAvg-style) before normalising.
     initial : float or None, default None
         Prior reputation of new clients (``None``: their first score).
+    relative_threshold : float, default 0.0
+        Clients whose reputation is below this share of the round's median reputation get
+        weight 0 (see :func:`aggregation_weights`).
+    by_reputation : bool, default True
+        Weigh the kept clients by reputation (True) or equally, by example counts (False).
 
     """
 
@@ -195,10 +223,16 @@ class ReliabilityWeighting:
         threshold: float = 0.0,
         use_examples: bool = True,
         initial: float | None = None,
+        relative_threshold: float = 0.0,
+        by_reputation: bool = True,
     ) -> None:
         self.scorer = scorer
         self.reputation = Reputation(decay=decay, initial=initial)
         self.threshold = _check_threshold(threshold)
+        self.relative_threshold = _check_relative(relative_threshold)
+        if not isinstance(by_reputation, bool):
+            raise ValueError(f"reliability.by_reputation must be a bool, got {by_reputation!r}")
+        self.by_reputation = by_reputation
         if not isinstance(use_examples, bool):
             raise ValueError(f"reliability.use_examples must be a bool, got {use_examples!r}")
         self.use_examples = use_examples
@@ -234,7 +268,12 @@ class ReliabilityWeighting:
             )
         rep = self.reputation.update(r.client_ids, scores)
         weights = aggregation_weights(
-            rep, r.num_examples, use_examples=self.use_examples, threshold=self.threshold
+            rep,
+            r.num_examples,
+            use_examples=self.use_examples,
+            threshold=self.threshold,
+            relative_threshold=self.relative_threshold,
+            by_reputation=self.by_reputation,
         )
         details = dict(result.details)
         details.update(score=scores, reputation=rep, weight=weights)

@@ -42,6 +42,7 @@ from privacy.functional import (
     gradient_steps,
     make_noise_generator,
     minimise,
+    objectives_to_arrays,
     stabilise,
 )
 from protocol.settings import RunSettings
@@ -120,6 +121,10 @@ class LocalResult:
     epsilon: float
     reason: str = ""
     seconds: float = 0.0
+    release: dict[str, np.ndarray] | None = None
+    """Functional mechanism with ``privacy.functional_aggregation=objective``: the released
+    noisy objectives (:func:`privacy.functional.objectives_to_arrays`), sent beside the
+    weights under ``protocol.keys.FM_OBJECTIVES``."""
 
 
 Mode = Callable[[LocalTask], LocalResult]
@@ -229,6 +234,33 @@ FUNCTIONAL_KEY = "functional"
 FUNCTIONAL_VERSION = 1
 
 
+FUNCTIONAL_KINDS = {"logistic": "logistic", "fm_network": "logistic", "linear": "linear"}
+"""The objective kind (:data:`privacy.functional.OBJECTIVES`) of each functional model; a test
+keeps it equal to the models' ``objective_kind`` (the server needs it without a model)."""
+FUNCTIONAL_HEAD = "head.weight"
+"""The weights entry the functional mechanism trains (``FunctionalModel.head``)."""
+
+
+def functional_mechanism(settings: RunSettings, kind: str, outputs: int) -> FunctionalMechanism:
+    """The mechanism of one head row: one-vs-rest heads share ``privacy.target_epsilon``."""
+    return FunctionalMechanism(
+        epsilon=settings.privacy_target_epsilon / outputs,
+        kind=kind,
+        bound=settings.privacy_functional_bound,
+    )
+
+
+def functional_noise_scale(settings: RunSettings, dim: int, outputs: int) -> float:
+    """Laplace scale ``Delta/epsilon`` every client of this run used (public; for the server)."""
+    if settings.model_name not in FUNCTIONAL_KINDS:
+        raise ValueError(
+            f"privacy.mode='functional' supports model.name in {sorted(FUNCTIONAL_KINDS)}, "
+            f"got {settings.model_name!r}"
+        )
+    kind = FUNCTIONAL_KINDS[settings.model_name]
+    return functional_mechanism(settings, kind, outputs).noise_scale(dim)
+
+
 def functional_model(task_model: nn.Module, model_name: str) -> FunctionalModel:
     """The model as a :class:`FunctionalModel`; ``ValueError`` names the supported models."""
     if not isinstance(task_model, FunctionalModel):
@@ -302,6 +334,11 @@ def train_functional(task: LocalTask) -> LocalResult:
     ``privacy.functional_steps`` gradient steps). Only post-processing after the draw, so
     epsilon stays at ``privacy.target_epsilon`` however many rounds run.
 
+    With ``privacy.functional_aggregation=objective`` the result also carries the noisy
+    objectives themselves (:attr:`LocalResult.release`), the same every round: they are the
+    mechanism's epsilon-DP output, so releasing them is covered by the one ledger event
+    (see :mod:`privacy.functional_aggregate`), and the server sums and minimises them.
+
     If the stored objectives are lost (node state and disk), a new draw is a new release: it
     is recorded as a second event, and declined when that would exceed the budget.
     """
@@ -310,11 +347,7 @@ def train_functional(task: LocalTask) -> LocalResult:
     n = len(task.data.y_train)
     outputs = model.head.out_features
     dim = model.head.in_features
-    mech = FunctionalMechanism(
-        epsilon=s.privacy_target_epsilon / outputs,
-        kind=model.objective_kind,
-        bound=s.privacy_functional_bound,
-    )
+    mech = functional_mechanism(s, model.objective_kind, outputs)
     expected = {
         "version": FUNCTIONAL_VERSION,
         "model": s.model_name,
@@ -376,6 +409,12 @@ def train_functional(task: LocalTask) -> LocalResult:
     # Reported loss: the noisy objectives at the new weights, per example (post-processing).
     loss = sum(o.value(w) for o, w in zip(objectives, rows, strict=True)) / max(n, 1)
     seconds = time.perf_counter() - start
+    # The released objectives are the epsilon-DP output itself: sending them is no new spend.
+    release = (
+        objectives_to_arrays(objectives)
+        if s.privacy_functional_aggregation == "objective"
+        else None
+    )
     return LocalResult(
-        get_weights(model), n, float(loss), task.ledger.load().epsilon(), "", seconds
+        get_weights(model), n, float(loss), task.ledger.load().epsilon(), "", seconds, release
     )

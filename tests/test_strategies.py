@@ -196,3 +196,38 @@ def test_registry_entries_are_factories_of_settings() -> None:
         assert calls == ["test-only"]
     finally:
         del STRATEGIES["test-only"]
+
+
+def test_scorer_strategy_takes_exclusion_settings_from_the_config() -> None:
+    settings = _settings(
+        "scorer",
+        reliability_scorer="output_agreement",
+        reliability_relative_threshold=0.5,
+        reliability_by_reputation=False,
+    )
+    strategy = make_strategy(settings)
+    assert isinstance(strategy, WeightedFedAvg)
+    weighting = strategy.weighting
+    assert weighting.relative_threshold == 0.5  # type: ignore[attr-defined]
+    assert weighting.by_reputation is False  # type: ignore[attr-defined]
+    assert weighting.scorer.name == "output_agreement"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"reliability\.relative_threshold must be in \[0, 1\]"):
+        dataclasses.replace(settings, reliability_relative_threshold=1.5).validate()
+
+
+@pytest.mark.parametrize("group", ["fltrust", "output_agreement"])
+def test_reliability_conf_group_sets_the_exclusion_rule(group) -> None:
+    from pathlib import Path
+
+    import hydra
+
+    from experiments.config import to_settings
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with hydra.initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = hydra.compose("config", overrides=[f"reliability={group}"])
+    settings = to_settings(cfg)
+    assert settings.reliability_scorer == group
+    assert settings.reliability_relative_threshold == 0.5
+    assert settings.reliability_by_reputation is False
+    assert settings.to_run_config()["reliability-by-reputation"] is False

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from experiments.launcher import processes_in_home, stop_process_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +25,13 @@ def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.Comp
             check=False,
         )
     finally:
-        leftovers = processes_in_home(out)
+        # a process may still be on its way out (a loaded machine): give it a few seconds
+        _, leftovers = psutil.wait_procs(processes_in_home(out), timeout=5)
+        names = []
         for proc in leftovers:
+            try:
+                names.append(" ".join(proc.cmdline()))
+            except psutil.Error:
+                names.append(f"pid {proc.pid}")
             stop_process_tree(proc, grace=5)
-        assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+        assert not leftovers, f"processes left running: {names}"

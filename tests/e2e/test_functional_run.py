@@ -33,6 +33,7 @@ def adult_run(
         "model=logistic",
         "privacy=functional",
         "privacy.target_epsilon=1",
+        "privacy.functional_aggregation=objective",
         "federation.num_clients=3",
         "federation.rounds=2",
     )
@@ -61,6 +62,16 @@ def test_epsilon_is_spent_once_not_per_round(adult_run) -> None:
     for pid in range(3):  # the noisy objective lies beside each ledger
         release = json.loads((out / "ledgers" / f"functional-client-{pid}.json").read_text())
         assert release["epsilon"] == 1.0 and release["round"] == 1
+
+
+def test_objective_aggregation_accepted_every_release(adult_run) -> None:
+    """The server summed the clients' released objectives: none was rejected or missing."""
+    out, _ = adult_run
+    assert "functional_aggregation: objective" in (out / "config.yaml").read_text()
+    clients = pd.read_csv(out / "clients.csv")
+    assert len(clients) == 6 and (clients["status"] == "trained").all(), clients["reason"]
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert not metrics["kept_previous_model"].iloc[1:].astype(bool).any()
 
 
 def test_private_logistic_regression_learns_adult(adult_run) -> None:
@@ -97,6 +108,10 @@ def test_wage_linear_regression_run_reports_mse(tmp_path: Path) -> None:
         (["privacy=functional", "model=logistic"], "model.name='logistic' needs a dataset with 2"),
         (["dataset=wage", "model=mlp"], "regression dataset"),
         (["privacy=functional", "privacy.functional_bound=tight"], "privacy.functional_bound"),
+        (
+            ["privacy=functional", "model=logistic", "dataset=adult", "reliability=krum"],
+            "set privacy.functional_aggregation=average for Flower's robust baselines",
+        ),
     ],
 )
 def test_bad_functional_settings_fail_before_any_process_starts(

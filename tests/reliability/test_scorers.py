@@ -13,6 +13,8 @@ ROBUST = [
     ("fltrust", {}),
     ("median_agreement", {}),
     ("median_agreement", {"metric": "cosine"}),
+    ("output_agreement", {}),
+    ("output_agreement", {"center": "mean", "layers": 0}),
 ]
 
 
@@ -64,21 +66,78 @@ def test_honest_non_iid_clients_stay_close_to_uniform(name, params, seed) -> Non
     assert np.mean(np.abs(weights - 1 / n)) < 0.25 / n
 
 
-def test_fltrust_negative_cosine_gets_zero_trust_and_rescales_to_server_norm() -> None:
+@pytest.mark.parametrize("norm", ["server", "median"])
+def test_fltrust_negative_cosine_gets_zero_trust_and_rescales_to_one_norm(norm) -> None:
     r = attacked_round(0)
-    result = make_scorer("fltrust").score(r)
+    result = make_scorer("fltrust", norm=norm).score(r)
     assert result.details["cosine"][8] < 0
     assert result.scores[8] == 0.0
     assert result.scores[10] == 0.0  # zero update: cosine 0
     assert np.all(result.scores[:N_HONEST] > 0.8)
-    server_norm = np.linalg.norm(flat(r.server_update))
+    if norm == "server":
+        target = np.linalg.norm(flat(r.server_update))
+    else:
+        target = np.median([np.linalg.norm(flat(u)) for u in r.updates])
+        assert target > 2 * np.linalg.norm(flat(r.server_update)) or target > 0
     for i, u in enumerate(result.updates[:10]):
-        assert np.linalg.norm(flat(u)) == pytest.approx(server_norm, rel=1e-5), i
+        assert np.linalg.norm(flat(u)) == pytest.approx(target, rel=1e-5), i
         assert all(u[k].dtype == np.float32 for k in u)
         # direction is kept
         before = flat(r.updates[i])
         assert flat(u) @ before > 0
     np.testing.assert_array_equal(flat(result.updates[10]), 0.0)
+
+
+def test_fltrust_median_norm_is_robust_to_a_minority_of_huge_updates() -> None:
+    r = attacked_round(0)
+    huge = tuple(
+        {k: v * (1000 if i >= 9 else 1) for k, v in u.items()} for i, u in enumerate(r.updates)
+    )
+    big = RoundInput(r.round, r.client_ids, huge, r.num_examples, r.server_update)
+    a = make_scorer("fltrust").score(r).updates
+    b = make_scorer("fltrust").score(big).updates
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(flat(u), flat(v), rtol=1e-4, atol=1e-6)
+
+
+def test_fltrust_norm_none_keeps_updates_and_bad_norm_is_rejected() -> None:
+    r = attacked_round(0)
+    assert make_scorer("fltrust", norm="none").score(r).updates is r.updates
+    with pytest.raises(ValueError, match=r"reliability\.fltrust\.norm must be one of .*got 'l2'"):
+        make_scorer("fltrust", norm="l2")
+
+
+def test_output_agreement_reads_only_the_output_layers() -> None:
+    r = attacked_round(0, server=False)
+    # corrupt client 0 in the first array only: the output-layer score must not see it
+    bent = list(r.updates)
+    bent[0] = {**bent[0], "fc.weight": -50 * bent[0]["fc.weight"]}
+    r2 = RoundInput(r.round, r.client_ids, tuple(bent), r.num_examples)
+    a = make_scorer("output_agreement").score(r).scores
+    b = make_scorer("output_agreement").score(r2).scores
+    np.testing.assert_allclose(a, b)
+    assert make_scorer("output_agreement", layers=0).score(r2).scores[0] < a[0] / 2
+
+
+def test_output_agreement_leaves_the_client_out_of_its_centre() -> None:
+    # two clients: each one's centre is the other's update
+    u = ({"w": np.array([1.0, 0.0])}, {"w": np.array([0.0, 1.0])})
+    scores = make_scorer("output_agreement").score(RoundInput(1, (0, 1), u, (1, 1))).scores
+    np.testing.assert_allclose(scores, 0.0)
+    one = make_scorer("output_agreement").score(RoundInput(1, (0,), u[:1], (1,)))
+    np.testing.assert_array_equal(one.scores, [0.0])
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"layers": -1}, r"reliability\.output_agreement\.layers must be an int >= 0, got -1"),
+        ({"center": "mode"}, r"reliability\.output_agreement\.center must be one of"),
+    ],
+)
+def test_output_agreement_rejects_bad_params(params, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_scorer("output_agreement", **params)
 
 
 def test_fltrust_without_server_update_raises() -> None:
@@ -124,7 +183,7 @@ def test_median_agreement_cosine_rejects_opposed_update() -> None:
 
 def test_scorers_handle_an_empty_round_and_identical_updates() -> None:
     empty = RoundInput(1, (), (), (), server_update={"w": np.ones(3)})
-    for name in ("uniform", "fltrust", "median_agreement"):
+    for name in ("uniform", "fltrust", "median_agreement", "output_agreement"):
         assert make_scorer(name).score(empty).scores.shape == (0,)
     same = RoundInput(1, (0, 1, 2), ({"w": np.ones(3)},) * 3, (5, 5, 5))
     np.testing.assert_allclose(make_scorer("median_agreement").score(same).scores, 1.0)
@@ -143,7 +202,7 @@ def test_median_agreement_rejects_bad_params(params, match) -> None:
 
 
 def test_every_scorer_has_a_privacy_note() -> None:
-    for name in ("uniform", "fltrust", "median_agreement"):
+    for name in ("uniform", "fltrust", "median_agreement", "output_agreement"):
         note = make_scorer(name).privacy_note
         assert "privacy" in note and note.endswith(".")
 

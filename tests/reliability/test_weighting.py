@@ -92,6 +92,31 @@ def test_aggregation_weights_threshold_zeroes_low_reputations() -> None:
         aggregation_weights(np.ones(2), [1, 1], threshold=-1)
 
 
+def test_relative_threshold_excludes_below_a_share_of_the_median() -> None:
+    rep = np.array([0.05, 0.04, 0.002, 0.06, 0.0])  # median 0.04
+    w = aggregation_weights(rep, [1] * 5, relative_threshold=0.5)
+    np.testing.assert_allclose(w, np.array([0.05, 0.04, 0.0, 0.06, 0.0]) / 0.15)
+    # scale-free: the same clients are kept whatever the scorer's scale
+    w2 = aggregation_weights(rep * 1000, [1] * 5, relative_threshold=0.5)
+    np.testing.assert_allclose(w, w2)
+    # the absolute threshold still applies on top
+    w3 = aggregation_weights(rep, [1] * 5, relative_threshold=0.5, threshold=0.045)
+    assert np.flatnonzero(w3).tolist() == [0, 3]
+    msg = r"reliability\.relative_threshold must be in \[0, 1\], got 2"
+    with pytest.raises(ValueError, match=msg):
+        aggregation_weights(rep, [1] * 5, relative_threshold=2)
+
+
+def test_by_reputation_false_weighs_kept_clients_by_examples_only() -> None:
+    rep = np.array([0.05, 0.01, 0.002, 0.06, 0.0])
+    w = aggregation_weights(
+        rep, [100, 200, 300, 400, 500], relative_threshold=0.5, by_reputation=False
+    )
+    np.testing.assert_allclose(w, np.array([100, 200, 0, 400, 0]) / 700)
+    with pytest.raises(ValueError, match=r"reliability\.by_reputation must be a bool"):
+        ReliabilityWeighting(make_scorer("uniform"), by_reputation=1)  # type: ignore[arg-type]
+
+
 def test_aggregation_weights_rejects_mismatched_or_bad_inputs() -> None:
     with pytest.raises(ValueError, match="one value per client"):
         aggregation_weights(np.ones(3), [1, 2])
@@ -99,7 +124,7 @@ def test_aggregation_weights_rejects_mismatched_or_bad_inputs() -> None:
         aggregation_weights(np.array([1.0, np.nan]), [1, 2])
 
 
-@pytest.mark.parametrize("name", ["fltrust", "median_agreement"])
+@pytest.mark.parametrize("name", ["fltrust", "median_agreement", "output_agreement"])
 def test_persistent_attacker_falls_below_half_uniform_weight_by_round_3(name) -> None:
     weighting = ReliabilityWeighting(make_scorer(name), decay=0.5, initial=1.0)
     for rnd in (1, 2, 3):

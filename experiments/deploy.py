@@ -1,0 +1,345 @@
+"""``python -m experiments.deploy COMMAND``: run fedpriv on several machines.
+
+Commands (README "Running on several machines"):
+
+``superlink``
+    Start a SuperLink with TLS and SuperNode authentication; runs until Ctrl-C.
+``register``
+    Admit SuperNodes' public keys (``flwr supernode register``).
+``supernode``
+    Start a participant's SuperNode: SuperLink address, CA, private key, data file, ledger dir.
+``export-partitions``
+    Write one data file per node from a dataset partition (demo and tests).
+``local``
+    All of it on this machine: development certificates, a SuperLink, registered SuperNodes
+    with their own files; prints the command that submits a run; runs until Ctrl-C.
+
+Runs are submitted and followed with ``python -m experiments.run federation=deployment
+federation.superlink=HOST:PORT federation.root_certificates=CA ...``
+(:func:`deployment_connection`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from experiments.certs import DevPki, make_dev_pki
+from experiments.deployment import (
+    NodeSpec,
+    SuperLink,
+    SuperNode,
+    Tuning,
+    connect,
+    register_node,
+)
+from experiments.launcher import REPO, FlowerCli
+
+ENGINES = ("simulation", "deployment")
+
+
+# ---------------------------------------------------------------------- run.py's hook
+def check_deployment(cfg: DictConfig) -> None:
+    """Check ``federation.engine`` and, for a deployment, the SuperLink address and CA.
+
+    Raises
+    ------
+    ValueError
+        Naming the setting and the value.
+    """
+    fed = cfg.federation
+    if fed.engine not in ENGINES:
+        raise ValueError(f"federation.engine must be one of {list(ENGINES)}, got {fed.engine!r}")
+    if fed.engine != "deployment":
+        return
+    host, _, port = str(fed.superlink).rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"federation.superlink must be HOST:PORT, got {fed.superlink!r}")
+    if not Path(str(fed.root_certificates)).is_file():
+        raise ValueError(
+            "federation.root_certificates must be the CA certificate that signed the "
+            f"SuperLink's certificate, got {fed.root_certificates!r} (no such file)"
+        )
+
+
+def deployment_connection(cfg: DictConfig, out_dir: Path) -> FlowerCli | None:
+    """The TLS ``flwr`` connection for ``federation=deployment`` (None for simulation).
+
+    The run is submitted with ``flwr run`` and followed with ``flwr ls``/``flwr log`` over it,
+    exactly as for a simulation (:class:`experiments.launcher.FlowerCli`).
+    """
+    check_deployment(cfg)
+    if cfg.federation.engine != "deployment":
+        return None
+    return connect(str(cfg.federation.superlink), Path(cfg.federation.root_certificates), out_dir)
+
+
+# ---------------------------------------------------------------------- node data files
+def export_partitions(
+    out: Path, nodes: int, fmt: str = "csv", overrides: Sequence[str] = ()
+) -> list[Path]:
+    """Write ``out/node-<i>.<fmt>``: partition ``i`` of the Hydra-composed config's dataset.
+
+    The whole partition goes into the file; the node splits off its validation share itself.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from experiments.config import to_settings
+    from experiments.schema import register_schema
+    from tasks.datasets import load_dataset
+    from tasks.node_data import write_node_file
+    from tasks.partition import client_partitions, specs_from_settings
+
+    if nodes < 1:
+        raise ValueError(f"--nodes must be >= 1, got {nodes}")
+    register_schema()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"federation.num_clients={nodes}"])
+    settings = to_settings(cfg)
+    dspec, pspec = specs_from_settings(settings, nodes)
+    bundle = load_dataset(dspec)
+    paths = []
+    for i, rows in enumerate(client_partitions(dspec, pspec)):
+        paths.append(
+            write_node_file(out / f"node-{i}.{fmt}", bundle.x_train[rows], bundle.y_train[rows])
+        )
+    return paths
+
+
+# ---------------------------------------------------------------------- all on one machine
+class LocalDeployment:
+    """Certificates, a SuperLink and ``nodes`` registered SuperNodes on this machine.
+
+    Everything lives under ``root`` (``pki/``, ``data/``, ``superlink/``, ``node-<i>/`` with the
+    node's ``ledger/``); every process is stopped by PID on exit.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        fmt: str = "csv",
+        overrides: Sequence[str] = (),
+        tuning: Tuning | None = None,
+    ) -> None:
+        self.root = root
+        self.num_nodes = nodes
+        self.fmt = fmt
+        self.overrides = list(overrides)
+        self.tuning = tuning or Tuning()
+        self.pki: DevPki | None = None
+        self.superlink: SuperLink | None = None
+        self.nodes: list[SuperNode] = []
+        self.data: list[Path] = []
+
+    def node_spec(self, i: int) -> NodeSpec:
+        """Node ``i``'s key, data file and ledger directory."""
+        assert self.pki is not None
+        return NodeSpec(i, self.pki.node_key(i), self.data[i], self.root / f"node-{i}" / "ledger")
+
+    def start_node(self, i: int) -> SuperNode:
+        """(Re)start SuperNode ``i`` (it keeps its data file and ledger directory)."""
+        assert self.superlink is not None and self.pki is not None
+        node = SuperNode(
+            self.root / f"node-{i}",
+            self.node_spec(i),
+            self.superlink.address,
+            self.pki.ca_cert,
+            tuning=self.tuning,
+        ).start()
+        if i < len(self.nodes):
+            self.nodes[i] = node
+        else:
+            self.nodes.append(node)
+        return node
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.pki = make_dev_pki(self.root / "pki", self.num_nodes)
+            self.data = export_partitions(
+                self.root / "data", self.num_nodes, self.fmt, self.overrides
+            )
+            self.superlink = SuperLink(self.root / "superlink", self.pki, tuning=self.tuning)
+            self.superlink.start()
+            cli = self.superlink.cli()
+            for i in range(self.num_nodes):
+                register_node(cli, self.pki.node_pub(i), name=f"node-{i}")
+            for i in range(self.num_nodes):
+                self.start_node(i)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.superlink is not None:
+            self.superlink.stop()
+
+    def run_command(self, *overrides: str) -> str:
+        """The command that submits and follows a run on this deployment."""
+        assert self.superlink is not None and self.pki is not None
+        return (
+            f"{Path(sys.executable).name} -m experiments.run federation=deployment "
+            f"federation.superlink={self.superlink.address} "
+            f"federation.root_certificates={self.pki.ca_cert} "
+            f"federation.num_clients={self.num_nodes} " + " ".join(overrides)
+        ).strip()
+
+
+# ---------------------------------------------------------------------- command line
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_forever(procs: Sequence[SuperLink | SuperNode]) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (``&``)
+    try:
+        while all(p.proc is not None and p.proc.poll() is None for p in procs):
+            time.sleep(1)
+        print("a Flower process exited; see its log", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+
+
+def _tuning(args: argparse.Namespace) -> Tuning:
+    return Tuning(args.isolation, args.task_poll_interval)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def tuned(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--isolation", choices=["subprocess", "process"], default="subprocess")
+        q.add_argument(
+            "--task-poll-interval",
+            type=float,
+            default=None,
+            help="seconds between Flower SuperExec polls (Flower's default: 1)",
+        )
+
+    s = sub.add_parser("superlink", help="start a SuperLink with TLS and node authentication")
+    s.add_argument(
+        "--certs",
+        type=Path,
+        required=True,
+        help="directory with server.crt, server.key, ca.crt (experiments.certs)",
+    )
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=9092)
+    s.add_argument(
+        "--home",
+        type=Path,
+        default=Path("superlink-home"),
+        help="state database, FLWR_HOME and log",
+    )
+    tuned(s)
+
+    r = sub.add_parser("register", help="admit SuperNode public keys")
+    r.add_argument("public_keys", type=Path, nargs="+")
+    r.add_argument("--superlink", required=True, help="HOST:PORT")
+    r.add_argument("--ca", type=Path, required=True, help="CA certificate (ca.crt)")
+
+    n = sub.add_parser("supernode", help="start a participant's SuperNode")
+    n.add_argument("--superlink", required=True, help="HOST:PORT")
+    n.add_argument("--ca", type=Path, required=True, help="CA certificate (ca.crt)")
+    n.add_argument("--key", type=Path, required=True, help="the node's private key (node-N)")
+    n.add_argument(
+        "--client-id",
+        type=int,
+        required=True,
+        help="unique and stable across restarts: names the ledger file",
+    )
+    n.add_argument("--data", type=Path, required=True, help=".csv, .parquet or .npz")
+    n.add_argument(
+        "--ledger-dir",
+        type=Path,
+        required=True,
+        help="where the privacy ledger is kept (keep it: it is the spent budget)",
+    )
+    n.add_argument("--home", type=Path, default=None, help="FLWR_HOME and log")
+    n.add_argument("--port", type=int, default=0, help="the node's local Runtime API port")
+    tuned(n)
+
+    e = sub.add_parser("export-partitions", help="one data file per node from a dataset")
+    e.add_argument("out", type=Path)
+    e.add_argument("--nodes", type=int, default=3)
+    e.add_argument("--format", choices=["csv", "parquet", "npz"], default="csv")
+    e.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=digits")
+
+    loc = sub.add_parser("local", help="certificates, SuperLink and SuperNodes on this machine")
+    loc.add_argument("root", type=Path)
+    loc.add_argument("--nodes", type=int, default=3)
+    loc.add_argument("--format", choices=["csv", "parquet", "npz"], default="csv")
+    loc.add_argument("overrides", nargs="*", help="Hydra overrides for the exported data")
+    tuned(loc)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command not in ("export-partitions", "local") or "=" not in extra[0]):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # Hydra overrides given after the options
+        args.overrides = [*args.overrides, *extra]
+    if args.command == "superlink":
+        pki = DevPki(args.certs.resolve(), 0)
+        link = SuperLink(args.home.resolve(), pki, args.host, args.port, _tuning(args))
+        with link:
+            print(
+                f"SuperLink on {args.host}:{args.port} (TLS, node authentication); "
+                f"log {link.workdir / 'superlink.log'}; Ctrl-C stops it",
+                flush=True,
+            )
+            _wait_forever([link])
+    elif args.command == "register":
+        with tempfile.TemporaryDirectory(prefix="fedpriv-register-") as tmp:
+            cli = connect(args.superlink, args.ca, Path(tmp))
+            for key in args.public_keys:
+                print(f"{key}: node id {register_node(cli, key.resolve())}", flush=True)
+    elif args.command == "supernode":
+        home = (args.home or Path(f"supernode-{args.client_id}")).resolve()
+        spec = NodeSpec(args.client_id, args.key.resolve(), args.data, args.ledger_dir)
+        node = SuperNode(home, spec, args.superlink, args.ca.resolve(), args.port, _tuning(args))
+        with node:
+            print(
+                f"SuperNode {args.client_id} -> {args.superlink}; data {args.data}; ledger "
+                f"{args.ledger_dir}; log {home / 'supernode.log'}; Ctrl-C stops it",
+                flush=True,
+            )
+            _wait_forever([node])
+    elif args.command == "export-partitions":
+        for path in export_partitions(args.out, args.nodes, args.format, args.overrides):
+            print(path)
+    elif args.command == "local":
+        with LocalDeployment(
+            args.root.resolve(), args.nodes, args.format, args.overrides, _tuning(args)
+        ) as dep:
+            assert dep.superlink is not None
+            print(
+                f"SuperLink {dep.superlink.address} and {args.nodes} SuperNodes are up "
+                f"(files under {dep.root}). Submit a run with:\n  {dep.run_command()}\n"
+                "Ctrl-C stops everything.",
+                flush=True,
+            )
+            _wait_forever([dep.superlink, *dep.nodes])
+
+
+if __name__ == "__main__":
+    main()
