@@ -11,6 +11,7 @@ success, error and Ctrl-C.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -233,8 +234,15 @@ class FlowerCli:
         on_tick: Callable[[], None] = lambda: None,
         poll: float = 2.0,
         timeout: float | None = None,
+        status_every: float = 20.0,
     ) -> RunStatus:
-        """Poll until the run finishes, calling ``on_tick`` between polls; stop it on Ctrl-C."""
+        """Wait until the run finishes, calling ``on_tick`` every ``poll`` s; stop it on Ctrl-C.
+
+        The status comes from ``flwr ls``, a new Python process each time (about a CPU-second
+        here), so it is asked when ``flwr log --stream`` ends (it does when the run does) and
+        otherwise only every ``status_every`` seconds: polling it every 2 s took a sizeable
+        share of a 2-core machine from the clients' training.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         logs = subprocess.Popen(
             [bin_path("flwr"), "log", str(run_id), CONNECTION, "--stream"],
@@ -245,12 +253,15 @@ class FlowerCli:
             start_new_session=True,
         )
         try:
+            asked = -math.inf
             while True:
                 on_tick()
-                status = self.status(run_id)
-                if status.finished:
-                    on_tick()
-                    return status
+                if logs.poll() is not None or time.monotonic() - asked >= status_every:
+                    asked = time.monotonic()
+                    status = self.status(run_id)
+                    if status.finished:
+                        on_tick()
+                        return status
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"flower-superlink died (exit {self.proc.returncode})")
                 if deadline is not None and time.monotonic() > deadline:

@@ -32,6 +32,7 @@ __all__ = [
     "SCORERS",
     "FLTrustScorer",
     "MedianAgreementScorer",
+    "OutputAgreementScorer",
     "Scorer",
     "UniformScorer",
     "make_scorer",

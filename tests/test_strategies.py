@@ -222,7 +222,9 @@ def test_reliability_conf_group_sets_the_exclusion_rule(group) -> None:
     import hydra
 
     from experiments.config import to_settings
+    from experiments.schema import register_schema
 
+    register_schema()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with hydra.initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = hydra.compose("config", overrides=[f"reliability={group}"])
