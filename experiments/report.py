@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from privacy import PrivacyLedger, SampledGaussianEvent  # noqa: E402
@@ -259,6 +259,10 @@ def plot_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[Path, ...]:
             label=f"no privacy ({len(reference)} runs)",
         )
     ax.set_xscale("log")
+    if len(curve):  # label the swept budgets themselves, not powers of ten
+        ax.set_xticks(sorted(set(curve[_EPS].dropna())))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("epsilon (per client, whole run)")
     ax.set_ylabel(f"final {label}")
     ax.grid(alpha=0.3)
