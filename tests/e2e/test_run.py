@@ -102,6 +102,9 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
             "experiments.run",
             f"hydra.run.dir={tmp_path}",
             "federation.rounds=50",
+            # rounds of several seconds: a run must not finish between two progress ticks
+            "federation.local_epochs=20",
+            "privacy=none",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
