@@ -194,3 +194,16 @@ def test_report_cli_says_when_a_directory_has_no_results(tmp_path, capsys) -> No
 def test_markdown_escapes_pipes_and_blanks_nan() -> None:
     text = to_markdown(pd.DataFrame({"a": ["x|y"], "b": [math.nan]}))
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y |  |"]
+
+
+@pytest.mark.parametrize("preset", ["eps_sweep", "privacy_modes", "reliability_strategies"])
+def test_every_preset_composes_into_valid_settings(preset: str) -> None:
+    from experiments.config import to_settings
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
+        cfg.hydra.overrides.task = [f"+experiment={preset}"]
+        jobs = expand_sweep(cfg)
+        settings = validate_jobs(jobs, "config", to_settings)
+    assert len(settings) == len(jobs) >= 9
+    assert len({s.seed for s in settings}) >= 2
