@@ -130,6 +130,11 @@ def validate_jobs(
 def _check_job(cfg: DictConfig) -> Any:
     from experiments.config import check_data, to_settings
 
+    if cfg.get("resume"):
+        raise ValueError(
+            f"resume={cfg.resume!r} cannot be part of a sweep: resume one run on its own, or "
+            "re-run the sweep with hydra.sweep.dir=<its directory> to run what is missing"
+        )
     settings = to_settings(cfg)
     check_data(settings)
     return settings

@@ -207,3 +207,12 @@ def test_every_preset_composes_into_valid_settings(preset: str) -> None:
         settings = validate_jobs(jobs, "config", to_settings)
     assert len(settings) == len(jobs) >= 9
     assert len({s.seed for s in settings}) >= 2
+
+
+def test_resume_cannot_be_swept() -> None:
+    from experiments.sweep import _check_job
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["resume=/some/run"])
+    with pytest.raises(ValueError, match=r"resume='/some/run' cannot be part of a sweep"):
+        _check_job(cfg)
