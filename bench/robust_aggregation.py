@@ -1,8 +1,10 @@
 """Reliability scorer vs robust baselines under simulated unreliable participants, one script.
 
-For every (unreliable fraction, kind, partitioner, strategy) it runs a federation of DP-SGD
-clients and reports the final test accuracy, plus the scorer's detection AUC (final reputation
-as the score of being reliable, against the ground truth of who was made unreliable).
+For every (seed, unreliable fraction, kind, partitioner, strategy) it runs a federation of
+DP-SGD clients and reports the final test accuracy (mean over seeds), plus the scorers'
+detection AUCs against the ground truth of who was made unreliable: of the final reputation,
+and of each client's mean aggregation weight over the rounds. An oracle row (FedAvg over the
+honest clients alone) shows what is reachable once the unreliable clients' data is lost.
 
 The rounds run in this process through the project's real code: the same client data path
 (partitioners, simulated corruption), the same local DP-SGD mode and ledger, real Flower reply
@@ -11,9 +13,9 @@ transport (SuperLink, SuperNodes) is left out, which changes no number here but 
 of dozens of federations fit on two cores. By default it uses an MNIST subset so that every
 client holds a few hundred examples.
 
-    .venv/bin/python bench/robust_aggregation.py           # the default grid
-    .venv/bin/python bench/robust_aggregation.py --fractions 0 0.1 0.3 0.5 \
-        --partitioners iid dirichlet
+    .venv/bin/python bench/robust_aggregation.py --jobs 2   # the full grid, 3 seeds (330 runs)
+    .venv/bin/python bench/robust_aggregation.py --seeds 0 --fractions 0 0.3 \
+        --kinds label_flip --partitioners iid   # one corner of it
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -49,7 +53,7 @@ POOL = {"n": 8000}
 
 @register_dataset("mnist_subset")
 def _mnist_subset(spec: DatasetSpec) -> DataBundle:
-    """The first ``POOL['n']`` MNIST training images and 2,000 test images."""
+    """The first ``POOL['n']`` MNIST training images and all 10,000 official test images."""
     full = load_dataset(DatasetSpec("mnist", spec.seed))
     n = POOL["n"]
     return dataclasses.replace(
@@ -57,8 +61,6 @@ def _mnist_subset(spec: DatasetSpec) -> DataBundle:
         name="mnist_subset",
         x_train=full.x_train[:n],
         y_train=full.y_train[:n],
-        x_test=full.x_test[:2000],
-        y_test=full.y_test[:2000],
     )
 
 
@@ -82,8 +84,16 @@ def reply(node: int, server_round: int, weights: dict, n: int, pid: int, eps: fl
     return Message(content=content, reply_to=incoming)
 
 
-def federation(settings: RunSettings) -> dict:
-    """Run one federation in process; returns final accuracy and detection AUC."""
+def federation(settings: RunSettings, honest_only: bool = False) -> dict:
+    """Run one federation in process; returns final accuracy and detection AUCs.
+
+    ``honest_only`` is the oracle reference: the replies of the clients made unreliable are
+    dropped before aggregation (what a perfect detector would do), so the table shows what
+    is reachable at all once their data is lost.
+
+    Two AUCs (reliable = positive class): of the final round's reputation, and of each
+    client's mean aggregation weight over all rounds (who was actually down-weighted).
+    """
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     spec = ModelSpec(
@@ -103,6 +113,7 @@ def federation(settings: RunSettings) -> dict:
     states: dict[int, dict] = {pid: {} for pid in clients}
     mode = get_mode(settings.privacy_mode)
     g = get_weights(model)
+    bad = set(unreliable_clients(settings))
     for rnd in range(1, settings.num_rounds + 1):
         strategy.current = to_record(g)  # as configure_train does
         replies = []
@@ -123,28 +134,64 @@ def federation(settings: RunSettings) -> dict:
             out = mode(task)
             assert out.weights is not None, out.reason
             sent = corrupt_reply(out.weights, g, settings, pid)
+            if honest_only and pid in bad:
+                continue
             replies.append(reply(pid + 1, rnd, sent, out.num_examples, pid, out.epsilon))
         arrays, _ = strategy.aggregate_train(rnd, replies)
         if arrays is not None:
             g = from_record(arrays)
     set_weights(model, g)
     _, acc = evaluate(model, bundle.x_test, bundle.y_test, torch.device("cpu"))
-    bad = set(unreliable_clients(settings))
-    auc = float("nan")
+    auc, auc_weight = float("nan"), float("nan")
     outcomes = strategy.rounds[settings.num_rounds].outcomes
     reps = {o.partition_id: o.reputation for o in outcomes}
     if 0 < len(bad) < settings.num_clients and all(np.isfinite(list(reps.values()))):
         labels = [pid not in bad for pid in reps]
         auc = float(roc_auc_score(labels, list(reps.values())))
-    return {"test_accuracy": acc, "detection_auc": auc}
+        weights: dict[int, list[float]] = {}
+        for r in range(1, settings.num_rounds + 1):
+            for o in strategy.rounds[r].outcomes:
+                weights.setdefault(o.partition_id, []).append(o.weight)
+        mean_w = {pid: float(np.mean(w)) for pid, w in weights.items()}
+        if all(np.isfinite(list(mean_w.values()))) and len(set(mean_w.values())) > 1:
+            auc_weight = float(roc_auc_score([p not in bad for p in mean_w], list(mean_w.values())))
+    return {"test_accuracy": acc, "detection_auc": auc, "weight_auc": auc_weight}
+
+
+def _timed(settings: RunSettings, honest_only: bool) -> dict:
+    """:func:`federation` plus its wall time (a worker process runs one at a time)."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    return {**federation(settings, honest_only), "seconds": time.perf_counter() - t0}
+
+
+ORACLE = "oracle(fedavg, honest only)"
+"""Reference row: FedAvg over the honest clients' replies alone (see :func:`federation`)."""
 
 
 EXCLUDE = {"reliability_relative_threshold": 0.5, "reliability_by_reputation": False}
-"""As ``conf/reliability/fltrust.yaml`` and ``output_agreement.yaml``: below half the median
-reputation excluded, the rest averaged by example counts."""
+"""As ``conf/reliability/output_agreement.yaml``: below half the median reputation excluded,
+the rest averaged by example counts."""
+
+DEFAULT_STRATEGIES = [
+    "scorer(fltrust)",
+    "scorer(fltrust,0.5)",
+    "scorer(output)",
+    "fedavg",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "oracle(fedavg, honest only)",
+]
 
 STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
-    "scorer(fltrust)": {
+    "scorer(fltrust)": {  # conf/reliability/fltrust.yaml: below a quarter of the median excluded
+        "reliability_strategy": "scorer",
+        "reliability_scorer": "fltrust",
+        "reliability_relative_threshold": 0.25,
+        "reliability_by_reputation": False,
+    },
+    "scorer(fltrust,0.5)": {  # the stricter exclusion, below half the median
         "reliability_strategy": "scorer",
         "reliability_scorer": "fltrust",
         **EXCLUDE,
@@ -154,8 +201,15 @@ STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
         "reliability_scorer": "output_agreement",
         **EXCLUDE,
     },
+    "scorer(fltrust,weighted)": {  # FLTrust's own rule: weights proportional to ReLU(cos)
+        "reliability_strategy": "scorer",
+        "reliability_scorer": "fltrust",
+        "reliability_relative_threshold": 0.0,
+        "reliability_by_reputation": True,
+    },
     "scorer(median)": {"reliability_strategy": "scorer", "reliability_scorer": "median_agreement"},
     "fedavg": {"reliability_strategy": "fedavg"},
+    ORACLE: {"reliability_strategy": "fedavg"},
     "fedmedian": {"reliability_strategy": "fedmedian"},
     "fedtrimmedavg": {"reliability_strategy": "fedtrimmedavg"},
     "krum": {"reliability_strategy": "krum"},
@@ -165,14 +219,16 @@ STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--epsilon", type=float, default=4.0)
     ap.add_argument("--pool", type=int, default=8000, help="MNIST training images used")
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.3])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="grid per seed")
     ap.add_argument("--kinds", nargs="+", default=["label_flip", "feature_noise"])
-    ap.add_argument("--partitioners", nargs="+", default=["iid"])
-    ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_SETTINGS))
+    ap.add_argument("--partitioners", nargs="+", default=["iid", "dirichlet"])
+    ap.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES)
     ap.add_argument("--out", default="bench-reliability.csv")
+    ap.add_argument("--jobs", type=int, default=1, help="federations run at once (processes)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one federation per core; oversubscription only slows the grid
     POOL["n"] = args.pool
@@ -191,45 +247,61 @@ def main() -> None:
         reliability_server_data_size=100,
         reliability_num_malicious=int(0.3 * args.clients),
     )
-    rows = []
-    grid = list(itertools.product(args.partitioners, args.kinds, args.fractions, args.strategies))
-    grid = [g for g in grid if not (g[2] == 0 and g[1] != args.kinds[0])]  # clean runs once
-    start = time.perf_counter()
-    for i, (part, kind, frac, name) in enumerate(grid, 1):
-        settings = dataclasses.replace(
+    grid = list(
+        itertools.product(
+            args.seeds, args.partitioners, args.kinds, args.fractions, args.strategies
+        )
+    )
+    grid = [g for g in grid if not (g[3] == 0 and g[2] != args.kinds[0])]  # clean runs once
+    grid = [g for g in grid if not (g[3] == 0 and g[4] == ORACLE)]  # the oracle is FedAvg
+    cells = [
+        dataclasses.replace(
             base,
+            seed=seed,
             partitioner=part,
             participants_kind=kind,
             participants_unreliable_fraction=frac,
             **STRATEGY_SETTINGS[name],
         ).validate()
-        t0 = time.perf_counter()
-        res = federation(settings)
-        rows.append(
-            {
-                "partitioner": part,
-                "kind": kind if frac > 0 else "none",
-                "unreliable": frac,
-                "strategy": name,
-                **res,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        done = time.perf_counter() - start
-        print(
-            f"[{i}/{len(grid)}] {part} {rows[-1]['kind']} {frac:g} {name}: "
-            f"acc {res['test_accuracy']:.4f} auc {res['detection_auc']:.3f} "
-            f"({rows[-1]['seconds']:.0f} s; ~{done / i * (len(grid) - i) / 60:.0f} min left)",
-            flush=True,
-        )
-        pd.DataFrame(rows).to_csv(args.out, index=False)
+        for seed, part, kind, frac, name in grid
+    ]
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    # fork: workers inherit the registered mnist_subset dataset and POOL; one thread each
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {
+            pool.submit(_timed, settings, key[4] == ORACLE): key
+            for key, settings in zip(grid, cells, strict=True)
+        }
+        for i, future in enumerate(as_completed(futures), 1):
+            seed, part, kind, frac, name = futures[future]
+            res = future.result()
+            rows.append(
+                {
+                    "seed": seed,
+                    "partitioner": part,
+                    "kind": kind if frac > 0 else "none",
+                    "unreliable": frac,
+                    "strategy": name,
+                    **res,
+                }
+            )
+            done = time.perf_counter() - start
+            print(
+                f"[{i}/{len(grid)}] seed {seed} {part} {rows[-1]['kind']} {frac:g} {name}: "
+                f"acc {res['test_accuracy']:.4f} auc {res['detection_auc']:.3f} "
+                f"({res['seconds']:.0f} s; ~{done / i * (len(grid) - i) / 60:.0f} min left)",
+                flush=True,
+            )
+            pd.DataFrame(rows).to_csv(args.out, index=False)  # nothing lost on a crash
     table = pd.DataFrame(rows)
     acc = table.pivot_table(
         index=["partitioner", "kind", "unreliable"], columns="strategy", values="test_accuracy"
     )
     print(
         f"\nMNIST subset ({args.pool} images), {args.clients} clients, DP-SGD epsilon "
-        f"{args.epsilon:g} per client, {args.rounds} rounds: final test accuracy"
+        f"{args.epsilon:g} per client, {args.rounds} rounds: final test accuracy on the "
+        f"10,000 test images, mean over seeds {args.seeds}"
     )
     print(acc.to_string(float_format=lambda v: f"{v:.4f}"))
     auc = table[table["unreliable"] > 0].pivot_table(
@@ -237,6 +309,11 @@ def main() -> None:
     )
     print("\ndetection AUC (final reputation vs ground truth; scorers only)")
     print(auc.dropna(axis=1, how="all").to_string(float_format=lambda v: f"{v:.3f}"))
+    wauc = table[table["unreliable"] > 0].pivot_table(
+        index=["partitioner", "kind", "unreliable"], columns="strategy", values="weight_auc"
+    )
+    print("\ndetection AUC (mean aggregation weight over the rounds vs ground truth)")
+    print(wauc.dropna(axis=1, how="all").to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nrows in {args.out}")
 
 

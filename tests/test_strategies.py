@@ -215,8 +215,8 @@ def test_scorer_strategy_takes_exclusion_settings_from_the_config() -> None:
         dataclasses.replace(settings, reliability_relative_threshold=1.5).validate()
 
 
-@pytest.mark.parametrize("group", ["fltrust", "output_agreement"])
-def test_reliability_conf_group_sets_the_exclusion_rule(group) -> None:
+@pytest.mark.parametrize(("group", "relative"), [("fltrust", 0.25), ("output_agreement", 0.5)])
+def test_reliability_conf_group_sets_the_exclusion_rule(group, relative) -> None:
     from pathlib import Path
 
     import hydra
@@ -230,6 +230,6 @@ def test_reliability_conf_group_sets_the_exclusion_rule(group) -> None:
         cfg = hydra.compose("config", overrides=[f"reliability={group}"])
     settings = to_settings(cfg)
     assert settings.reliability_scorer == group
-    assert settings.reliability_relative_threshold == 0.5
+    assert settings.reliability_relative_threshold == relative
     assert settings.reliability_by_reputation is False
     assert settings.to_run_config()["reliability-by-reputation"] is False

@@ -242,7 +242,21 @@ def test_model_shapes_and_opacus_compatibility(name: str, shape_name: str) -> No
 
 
 def test_all_registered_models_are_tested() -> None:
-    assert set(MODELS) == {"logreg", "mlp", "cnn", "logistic", "linear", "fm_network"}
+    assert set(MODELS) == {"logreg", "mlp", "cnn", "dpcnn", "logistic", "linear", "fm_network"}
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 14, 14)])
+def test_dpcnn_shapes_and_opacus_compatibility(shape: tuple[int, int, int]) -> None:
+    model = build_model(ModelSpec("dpcnn", shape, 10, hidden=32), seed=0)
+    assert model(torch.rand(3, *shape)).shape == (3, 10)
+    assert ModuleValidator.validate(model, strict=True) == []
+    if shape == (1, 28, 28):  # Tramer & Boneh's MNIST network: about 26k parameters
+        assert sum(p.numel() for p in model.parameters()) == 26010
+
+
+def test_dpcnn_rejects_images_smaller_than_14() -> None:
+    with pytest.raises(ValueError, match=r"dpcnn.*14x14.*\(1, 8, 8\)"):
+        build_model(ModelSpec("dpcnn", (1, 8, 8), 10))
 
 
 @pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
