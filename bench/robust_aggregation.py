@@ -196,6 +196,19 @@ STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
         "reliability_scorer": "fltrust",
         **EXCLUDE,
     },
+    "scorer(fltrust,decay0.8)": {  # longer memory: reputation averages about 5 rounds
+        "reliability_strategy": "scorer",
+        "reliability_scorer": "fltrust",
+        "reliability_relative_threshold": 0.25,
+        "reliability_by_reputation": False,
+        "reliability_decay": 0.8,
+    },
+    "scorer(fltrust,0.5,decay0.8)": {
+        "reliability_strategy": "scorer",
+        "reliability_scorer": "fltrust",
+        **EXCLUDE,
+        "reliability_decay": 0.8,
+    },
     "scorer(output)": {
         "reliability_strategy": "scorer",
         "reliability_scorer": "output_agreement",

@@ -141,7 +141,7 @@ def test_objective_aggregation_with_a_flower_baseline_is_a_config_error() -> Non
 @pytest.mark.parametrize("name", sorted(FUNCTIONAL_MODELS))
 def test_kinds_and_head_name_match_the_models(name: str) -> None:
     dataset, classes = ("wage", 0) if name == "linear" else ("adult", 2)
-    shape = (4,) if name == "linear" else (8,)
+    shape = (2,) if name == "linear" else (7,)
     model = build_model(ModelSpec(name, shape, classes, 8, dataset))
     assert isinstance(model, FunctionalModel)
     assert FUNCTIONAL_KINDS[name] == model.objective_kind

@@ -91,7 +91,7 @@ def test_noise_drawn_once_two_rounds_same_objective_and_minimiser() -> None:
     r1 = mode(make_task(ADULT, 1, store, state))
     stored = json.dumps(state[FUNCTIONAL_KEY])
     rng = np.random.default_rng(0)
-    r2 = mode(make_task(ADULT, 2, store, state, start=rng.normal(0, 5, (1, 9))))
+    r2 = mode(make_task(ADULT, 2, store, state, start=rng.normal(0, 5, (1, ADULT_BOUNDS.dim))))
     assert json.dumps(state[FUNCTIONAL_KEY]) == stored  # the same perturbed objective
     assert r1.weights is not None and r2.weights is not None
     np.testing.assert_array_equal(r1.weights["head.weight"], r2.weights["head.weight"])
@@ -106,14 +106,14 @@ def test_gradient_steps_from_different_global_weights_reach_the_same_minimiser()
     store, state = MemoryLedgerStore(settings.privacy_delta), {}
     mode = get_mode("functional")
     rng = np.random.default_rng(1)
-    a = mode(make_task(settings, 1, store, state, start=np.zeros((1, 9))))
-    b = mode(make_task(settings, 2, store, state, start=rng.normal(0, 5, (1, 9))))
+    a = mode(make_task(settings, 1, store, state, start=np.zeros((1, ADULT_BOUNDS.dim))))
+    b = mode(make_task(settings, 2, store, state, start=rng.normal(0, 5, (1, ADULT_BOUNDS.dim))))
     closed = get_mode("functional")(make_task(ADULT, 3, store, dict(state)))
     assert a.weights is not None and b.weights is not None and closed.weights is not None
     np.testing.assert_allclose(a.weights["head.weight"], closed.weights["head.weight"], atol=1e-4)
     np.testing.assert_allclose(b.weights["head.weight"], closed.weights["head.weight"], atol=1e-4)
     few = dataclasses.replace(ADULT, privacy_functional_steps=1)
-    c = mode(make_task(few, 4, store, state, start=rng.normal(0, 5, (1, 9))))
+    c = mode(make_task(few, 4, store, state, start=rng.normal(0, 5, (1, ADULT_BOUNDS.dim))))
     assert c.weights is not None
     assert not np.allclose(c.weights["head.weight"], closed.weights["head.weight"], atol=1e-3)
     assert len(store.ledger.events) == 1
@@ -239,7 +239,7 @@ def test_logistic_two_logits_are_the_logistic_model() -> None:
     data = client_data(ADULT)
     model = make_model(ADULT, data)
     assert isinstance(model, FunctionalModel)
-    w = np.random.default_rng(0).normal(0, 3, (1, 9))
+    w = np.random.default_rng(0).normal(0, 3, (1, ADULT_BOUNDS.dim))
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(w))
     x = torch.as_tensor(data.x_train[:200])
@@ -257,9 +257,9 @@ def test_logistic_two_logits_are_the_logistic_model() -> None:
 @pytest.mark.parametrize(
     ("dataset", "name", "classes", "shape"),
     [
-        ("adult", "logistic", 2, (8,)),
-        ("wage", "linear", 0, (4,)),
-        ("adult", "fm_network", 2, (8,)),
+        ("adult", "logistic", 2, (7,)),
+        ("wage", "linear", 0, (2,)),
+        ("adult", "fm_network", 2, (7,)),
         ("digits", "fm_network", 10, (1, 8, 8)),
     ],
 )
@@ -273,7 +273,7 @@ def test_functional_models_are_opacus_compatible(dataset, name, classes, shape) 
 
 
 def test_fm_network_hidden_layer_is_public_and_seeded() -> None:
-    spec = ModelSpec("fm_network", (8,), 2, 16, "adult")
+    spec = ModelSpec("fm_network", (7,), 2, 16, "adult")
     a, b = get_weights(build_model(spec, 3)), get_weights(build_model(spec, 3))
     c = get_weights(build_model(spec, 4))
     assert set(a) == {"hidden.hidden_weight", "hidden.hidden_bias", "head.weight"}
@@ -346,6 +346,6 @@ def test_minimiser_is_the_closed_form_of_the_stored_objective() -> None:
     result = get_mode("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), state))
     objective = QuadraticObjective.from_dict(state[FUNCTIONAL_KEY]["objectives"][0])
     mech = FunctionalMechanism(1.0, "logistic", "l2")
-    expected = minimise(objective, ridge=default_ridge(mech, 9))
+    expected = minimise(objective, ridge=default_ridge(mech, ADULT_BOUNDS.dim))
     assert result.weights is not None
     np.testing.assert_allclose(result.weights["head.weight"][0], expected, rtol=1e-6)

