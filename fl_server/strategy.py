@@ -81,6 +81,7 @@ class RoundLog:
     kept_previous_model: bool = False
     kept_reason: str = ""
     sampled: list[int] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list, repr=False)
     val_loss: float = float("nan")
     val_accuracy: float = float("nan")
 
@@ -199,7 +200,10 @@ class FedPrivMixin(Resumable):
         self.current = arrays
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         self.rounds[server_round].sampled = list(nodes)
-        return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
+        # kept so that replies can be matched to their node by message id (see aggregate_train)
+        sent = self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
+        self.rounds[server_round].sent = sent
+        return sent
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -220,8 +224,16 @@ class FedPrivMixin(Resumable):
         usable: list[tuple[ClientOutcome, Weights, Message]] = []
         seen: set[int] = set()
         answered: set[int] = set()
+        # The grid sets each sent message's id when it pushes it. A reply the SuperLink makes
+        # for an unreachable node carries the SuperLink's id as its source, not the node's:
+        # match it to its node through the id of the message it answers, so that the node is
+        # counted once (failed), not twice (failed, then silent).
+        destination = {m.metadata.message_id: m.metadata.dst_node_id for m in log.sent}
         for msg in replies:
             outcome, weights = parse_reply(server_round, msg, reference)
+            target = destination.get(msg.metadata.reply_to_message_id)
+            if target is not None and outcome.node_id not in log.sampled:
+                outcome.node_id = int(target)
             log.outcomes.append(outcome)
             answered.add(outcome.node_id)
             if weights is not None and outcome.partition_id in seen:

@@ -15,7 +15,7 @@ from fl_messages import (
     server_identity,
     trained,
 )
-from flwr.app import MessageType
+from flwr.app import ConfigRecord, MessageType
 
 from fl_server.strategy import (
     ClientOutcome,
@@ -419,3 +419,46 @@ def test_duplicate_partition_id_is_rejected_not_fatal() -> None:
     arrays, metrics = strategy.aggregate_train(1, [trained(5, 1.0, 10), trained(105, 2.0, 10)])
     assert arrays is not None
     assert metrics["rejected"] == 1
+
+
+class _Grid:
+    """The one Grid call configure_train makes: which nodes are connected."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def test_unreachable_node_is_one_failure_not_two() -> None:
+    """The SuperLink answers for an unreachable node with its own id as the source.
+
+    The reply is matched to its node through the id of the message it answers, so the node
+    is counted once (failed), not also as silent.
+    """
+    from flwr.app import Error, Message
+
+    strategy = _strategy()
+    sent = list(strategy.configure_train(1, strategy.current, ConfigRecord(), _Grid([11, 12, 13])))
+    for msg in sent:  # what the grid does when it pushes them
+        msg.metadata.__dict__["_message_id"] = msg.object_id
+    by_node = {m.metadata.dst_node_id: m for m in sent}
+    from_superlink = Message(Error(code=0, reason="node unavailable"), reply_to=by_node[13])
+    from_superlink.metadata.__dict__["_src_node_id"] = 1  # SUPERLINK_NODE_ID, as Flower does
+    assert from_superlink.metadata.src_node_id == 1
+    replies = [trained(11, 1.0, 10), trained(12, 1.0, 10), from_superlink]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert (metrics["trained"], metrics["failed"]) == (2, 1)
+    outcomes = {o.node_id: o for o in strategy.rounds[1].outcomes}
+    assert sorted(outcomes) == [11, 12, 13] and len(strategy.rounds[1].outcomes) == 3
+    assert outcomes[13].status == "failed" and "node unavailable" in outcomes[13].reason
+
+
+def test_a_node_that_never_answers_is_still_counted_as_silent() -> None:
+    strategy = _strategy()
+    strategy.configure_train(1, strategy.current, ConfigRecord(), _Grid([11, 12]))
+    _, metrics = strategy.aggregate_train(1, [trained(11, 1.0, 10)])
+    assert (metrics["trained"], metrics["failed"]) == (1, 1)
+    silent = [o for o in strategy.rounds[1].outcomes if o.node_id == 12]
+    assert len(silent) == 1 and "no reply" in silent[0].reason

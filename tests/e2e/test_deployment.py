@@ -128,7 +128,7 @@ def test_node_with_unregistered_key_is_refused(deployment: LocalDeployment, tmp_
     assert len(nodes) == 3  # only the three registered keys
 
 
-def test_tls_auth_run_two_rounds_and_restarted_node_keeps_epsilon(
+def test_tls_auth_run_and_restarted_node_keeps_its_ledger(
     deployment: LocalDeployment, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
@@ -138,13 +138,16 @@ def test_tls_auth_run_two_rounds_and_restarted_node_keeps_epsilon(
         out,
         "privacy=dpsgd",
         "privacy.target_epsilon=4",
-        # after round 1 the server samples the nodes connected then, at least min_replies of
-        # them: waiting for all three makes round 2 wait for the restarted node
+        "federation.rounds=3",
+        # a round samples the nodes connected then, at least min_replies of them: waiting for
+        # all three makes the next round wait for the restarted node
         "federation.min_replies=3",
     )
     try:
-        # restart the first node done with round 1: its reply is sent, round 2 cannot have
-        # started (the others are still training), so the restart falls between its rounds
+        # Restart the first node done with round 1, once its reply is sent. Usually the
+        # others are still training, so the restart falls between its rounds; on a loaded
+        # machine round 2 may already have reached it, and then it fails that round. Either
+        # way it must rejoin, keep its ledger and train in round 3.
         _wait(lambda: any(_events(p) == 1 for p in ledgers), proc, "a node's first round")
         first = next(i for i, p in enumerate(ledgers) if _events(p) == 1)
         node = deployment.nodes[first]
@@ -157,19 +160,30 @@ def test_tls_auth_run_two_rounds_and_restarted_node_keeps_epsilon(
     finally:
         output = _finish(proc)
     assert proc.returncode == 0, output
-    assert "round   2/2" in output
+    assert "round   3/3" in output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds"] == 2
+    assert summary["status"] == "completed" and summary["rounds"] == 3
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics["participants"].iloc[1:]) == [3, 3], output
+    assert (metrics["participants"].iloc[1:] >= 2).all(), output
     clients = pd.read_csv(out / "clients.csv")
-    assert (clients["status"] == "trained").all()
-    eps = clients.pivot(index="partition_id", columns="round", values="epsilon")
-    # every node, the restarted one included, reports the cumulative epsilon of two rounds
-    assert (eps[2] > eps[1]).all()
-    assert eps[2].loc[first] == pytest.approx(eps[2].drop(first).iloc[0], rel=1e-9)
-    assert eps[2].max() <= 4.0
-    assert all(_events(p) == 2 for p in ledgers)  # on each node's disk, not the server's
+    trained = clients[clients["status"] == "trained"]
+    # every node, the restarted one included, trains in the last round
+    assert sorted(trained.loc[trained["round"] == 3, "partition_id"]) == [0, 1, 2], output
+    # at most the restarted node's one interrupted round failed, and it is counted once
+    assert len(clients) - len(trained) <= 1, clients.to_string()
+    final = {}
+    for pid, rows in trained.groupby("partition_id"):
+        eps = rows.sort_values("round")["epsilon"].to_numpy()
+        assert (eps[1:] > eps[:-1]).all()  # cumulative, never reset by the restart
+        # the ledger on the node's own disk holds one event per round it trained
+        assert _events(ledgers[int(pid)]) == len(rows)
+        final[int(pid)] = (len(rows), eps[-1])
+    # nodes that trained as many rounds report the same epsilon: the restart lost nothing
+    for pid, (n, eps_last) in final.items():
+        for other, (m, other_eps) in final.items():
+            if m == n:
+                assert eps_last == pytest.approx(other_eps, rel=1e-9), (pid, other)
+    assert max(e for _, e in final.values()) <= 4.0
 
 
 def test_node_killed_during_a_round_run_completes_with_the_others(
