@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .strategy import ClientOutcome, RoundLog
+from .replies import ClientOutcome, RoundLog
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -27,7 +27,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,30 +36,31 @@ from flwr.serverapp.strategy import FedAvg
 
 from protocol import keys
 from protocol.records import from_record, to_record
-from reliability import RoundInput, validate_count, validate_update
+from reliability import RoundInput
 
+from .replies import (
+    ClientOutcome,
+    NoClientSucceededError,
+    RoundLog,
+    Weights,
+    metric_number,
+    parse_reply,
+    train_metrics,
+)
 from .rounds import Resumable
 
-Weights = dict[str, np.ndarray]
-
-
-@dataclass
-class ClientOutcome:
-    """One client's reply in one round, as the results tables show it."""
-
-    round: int
-    node_id: int
-    partition_id: int = -1
-    status: str = "failed"
-    num_examples: int = 0
-    epsilon: float = float("nan")
-    train_loss: float = float("nan")
-    train_seconds: float = float("nan")
-    weight: float = float("nan")
-    score: float = float("nan")
-    reputation: float = float("nan")
-    reason: str = ""
-
+__all__ = [
+    "ClientOutcome",
+    "FedPrivMixin",
+    "NoClientSucceededError",
+    "RoundLog",
+    "WeightedFedAvg",
+    "Weighting",
+    "Weights",
+    "parse_reply",
+    "train_metrics",
+    "weight_by_examples",
+]
 
 Weighting = Callable[[RoundInput], tuple[np.ndarray, tuple[Weights, ...], dict[str, np.ndarray]]]
 """``RoundInput -> (weights summing to 1 or all 0, updates to aggregate, per-client details)``."""
@@ -70,74 +70,6 @@ def weight_by_examples(r: RoundInput) -> tuple[np.ndarray, tuple[Weights, ...], 
     """FedAvg's weights: each client's share of the training examples."""
     n = np.asarray(r.num_examples, dtype=np.float64)
     return (n / n.sum() if n.sum() > 0 else n), r.updates, {}
-
-
-@dataclass
-class RoundLog:
-    """What the strategy saw in one round (read by the ServerApp's per-round hook)."""
-
-    started: float = field(default_factory=time.perf_counter)
-    outcomes: list[ClientOutcome] = field(default_factory=list)
-    kept_previous_model: bool = False
-    kept_reason: str = ""
-    sampled: list[int] = field(default_factory=list)
-    sent: list[Message] = field(default_factory=list, repr=False)
-    val_loss: float = float("nan")
-    val_accuracy: float = float("nan")
-
-
-class NoClientSucceededError(RuntimeError):
-    """Raised when every sampled client of a round failed."""
-
-
-def _number(record: MetricRecord, key: str, default: float) -> float:
-    """A scalar entry of a MetricRecord (lists are not expected here)."""
-    value = record.get(key, default)
-    if isinstance(value, list):
-        raise ValueError(f"metric {key!r} must be a scalar, got a list")
-    return float(value)
-
-
-def parse_reply(
-    server_round: int, msg: Message, reference: Weights
-) -> tuple[ClientOutcome, Weights | None]:
-    """A reply's outcome, and its weights when it trained and passed validation."""
-    out = ClientOutcome(server_round, int(msg.metadata.src_node_id))
-    if msg.has_error():
-        out.reason = f"client error: {msg.error.reason}"
-        return out, None
-    content = msg.content
-    metrics = content.metric_records.get(keys.METRICS)
-    if metrics is None:
-        out.status, out.reason = "rejected", f"reply has no '{keys.METRICS}' record"
-        return out, None
-    try:
-        out.partition_id = int(_number(metrics, keys.PARTITION_ID, -1))
-        if out.partition_id < 0:
-            raise ValueError(f"'{keys.PARTITION_ID}' must be an id >= 0, got {out.partition_id}")
-        out.num_examples = int(_number(metrics, keys.NUM_EXAMPLES, 0))
-        out.epsilon = _number(metrics, keys.EPSILON, float("nan"))
-        out.train_loss = _number(metrics, keys.TRAIN_LOSS, float("nan"))
-        out.train_seconds = _number(metrics, keys.TRAIN_SECONDS, float("nan"))
-        declined = int(_number(metrics, keys.DECLINED, 0))
-    except (TypeError, ValueError) as err:
-        out.status, out.reason = "rejected", f"malformed metrics: {err}"
-        return out, None
-    status = content.config_records.get(keys.STATUS)
-    out.reason = str(status.get(keys.REASON, "")) if status is not None else ""
-    if declined:
-        out.status = "declined"
-        return out, None
-    if keys.ARRAYS not in content.array_records:
-        out.status, out.reason = "rejected", f"reply has no '{keys.ARRAYS}' record"
-        return out, None
-    weights = from_record(content.array_records[keys.ARRAYS])
-    problem = validate_count(out.num_examples) or validate_update(weights, reference)
-    if problem:
-        out.status, out.reason = "rejected", problem
-        return out, None
-    out.status = "trained"
-    return out, weights
 
 
 class FedPrivMixin(Resumable):
@@ -335,35 +267,17 @@ class FedPrivMixin(Resumable):
             if msg.has_error() or keys.METRICS not in msg.content.metric_records:
                 continue
             m = msg.content.metric_records[keys.METRICS]
-            n = int(_number(m, keys.NUM_EXAMPLES, 0))
+            n = int(metric_number(m, keys.NUM_EXAMPLES, 0))
             if n == 0:
                 continue
             total += n
-            loss += n * _number(m, keys.VAL_LOSS, 0.0)
-            acc += n * _number(m, keys.VAL_ACCURACY, 0.0)
+            loss += n * metric_number(m, keys.VAL_LOSS, 0.0)
+            acc += n * metric_number(m, keys.VAL_ACCURACY, 0.0)
         if total == 0:
             return None
         log = self.rounds.setdefault(server_round, RoundLog())
         log.val_loss, log.val_accuracy = loss / total, acc / total
         return MetricRecord({"val-loss": log.val_loss, "val-accuracy": log.val_accuracy})
-
-
-def train_metrics(log: RoundLog) -> MetricRecord:
-    """A round's summary as a MetricRecord (Flower keeps it in its Result)."""
-    trained = [o for o in log.outcomes if o.status == "trained"]
-    eps = [o.epsilon for o in log.outcomes if not math.isnan(o.epsilon)]
-    losses = [o.train_loss for o in trained if math.isfinite(o.train_loss)]
-    return MetricRecord(
-        {
-            "train-loss": float(np.mean(losses)) if losses else float("nan"),
-            "trained": len(trained),
-            "declined": sum(o.status == "declined" for o in log.outcomes),
-            "rejected": sum(o.status == "rejected" for o in log.outcomes),
-            "failed": sum(o.status == "failed" for o in log.outcomes),
-            "epsilon-max": max(eps) if eps else float("nan"),
-            "epsilon-mean": float(np.mean(eps)) if eps else float("nan"),
-        }
-    )
 
 
 class WeightedFedAvg(FedPrivMixin, FedAvg):
