@@ -7,6 +7,7 @@ fixture's finalizer, and the test fails if any Flower process outlives it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -117,9 +118,16 @@ def test_node_with_unregistered_key_is_refused(deployment: LocalDeployment, tmp_
         tmp_path / "intruder-node", spec, deployment.superlink.address, deployment.pki.ca_cert
     )
     try:
-        node.start()
-        assert node.proc is not None
-        code = node.proc.wait(timeout=120)
+        try:
+            node.start()
+        except RuntimeError as err:
+            # refused before its local Runtime API port was seen open: the code is in the error
+            found = re.search(r"exited with code (-?\d+)", str(err))
+            assert found, err
+            code = int(found.group(1))
+        else:
+            assert node.proc is not None
+            code = node.proc.wait(timeout=120)
     finally:
         node.stop()
     assert code != 0
