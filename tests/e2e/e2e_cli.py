@@ -15,9 +15,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run one federation into ``out``; fail if any Flower/Ray process outlives it."""
+    return run_experiments(out, f"hydra.run.dir={out}", *overrides, timeout=timeout)
+
+
+def run_experiments(
+    home: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python -m experiments.run ARGS``; fail if a process started under ``home`` outlives it."""
     try:
         return subprocess.run(
-            [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *overrides],
+            [sys.executable, "-m", "experiments.run", *args],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -26,7 +33,7 @@ def run_cli(out: Path, *overrides: str, timeout: float = 600) -> subprocess.Comp
         )
     finally:
         # a process may still be on its way out (a loaded machine): give it a few seconds
-        _, leftovers = psutil.wait_procs(processes_in_home(out), timeout=5)
+        _, leftovers = psutil.wait_procs(processes_in_home(home), timeout=5)
         names = []
         for proc in leftovers:
             try:

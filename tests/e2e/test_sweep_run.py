@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from e2e_cli import REPO
+from e2e_cli import REPO, run_experiments
 
 from experiments.launcher import processes_in_home, stop_process_tree
 
@@ -36,17 +36,9 @@ def _sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
 def _sweep(
     sweep_dir: Path, *overrides: str, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            _sweep_cmd(sweep_dir, *overrides),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    finally:
-        _stop_leftovers(sweep_dir)
+    return run_experiments(
+        sweep_dir, "-m", f"hydra.sweep.dir={sweep_dir}", *overrides, timeout=timeout
+    )
 
 
 def _stop_leftovers(sweep_dir: Path) -> list[psutil.Process]:
