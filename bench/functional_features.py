@@ -1,7 +1,7 @@
 """How the tabular encodings were chosen: forward selection on a validation split, test unseen.
 
 The functional mechanism's noise grows with the number of coordinates (the l2 bound's Delta
-is about d/4 + sqrt(d) for logistic, 2 (1 + sqrt d)^2 for linear), while every coordinate's
+is about d/4 + sqrt(d) for logistic, 2 (2 sqrt d + d) for linear), while every coordinate's
 share of a unit-norm record shrinks, so a small encoding can beat a rich one. This script
 makes that choice without touching a test set:
 

@@ -13,7 +13,8 @@ Differential Privacy", PVLDB 5(11), 2012 (FM).
   and :func:`gradient_steps` with FM Sec. 6's regularisation and spectral trimming.
 * :class:`FunctionalMechanism` and :func:`fit_private`
   (:mod:`privacy.functional_mechanism`): FM Algorithm 1, ``Laplace(Delta/epsilon)`` noise
-  drawn once on every coefficient from a :class:`numpy.random.Generator`; the release is
+  drawn once on every coefficient but the constant (which does not move the minimiser and
+  is not released) from a :class:`numpy.random.Generator`; the release is
   ``epsilon``-DP (pure; FM Lemma 1 / Theorem 1) and everything after it post-processing.
 * :class:`PublicFeatureNetwork` (:mod:`privacy.functional_network`): a neural network whose
   hidden layer never sees private data, with the functional mechanism on its output layer.

@@ -88,7 +88,7 @@ class ObjectiveKind:
         ``(x, y) -> QuadraticObjective`` on normalised records.
     sensitivities : mapping of str to callable
         For each name in :data:`SENSITIVITY_BOUNDS`, ``d -> Delta``: an upper bound on the
-        L1 change of ``coefficients()`` when one record is replaced, for records in the L2
+        L1 change of ``released_coefficients()`` when one record is replaced, for records in the L2
         unit ball. ``"paper"``: FM's published bound; ``"l2"``: the bound derived with
         ``||x||_1 <= sqrt(d)`` from the enforced L2 normalisation (tighter, same guarantee).
 
@@ -137,14 +137,16 @@ class FunctionalMechanism:
 
     ``perturb`` adds i.i.d. ``Laplace(0, b)`` with scale ``b = Delta(d) / epsilon`` (density
     ``exp(-|z|/b) / 2b``, variance ``2 b^2``) to every entry of
-    :meth:`QuadraticObjective.coefficients`, i.e. to ``c``, each ``alpha_j``, each ``M_jj``
+    :meth:`QuadraticObjective.released_coefficients`, i.e. to each ``alpha_j``, each ``M_jj``
     and each monomial coefficient ``2 M_jk`` (``j < k``, split back as ``M_jk = M_kj``, so
-    ``M`` stays symmetric). ``Delta`` is ``2 (d+1)^2`` for ``"linear"`` (FM Sec. 4) and
-    ``d^2/4 + 3d`` for ``"logistic"`` (FM Sec. 5), for records normalised by
-    :class:`FeatureBounds`; with ``bound="l2"`` the tighter ``2 (1 + sqrt d)^2`` and
-    ``2 log 2 + sqrt(d) + d/4`` derived from the same enforced normalisation
-    (:func:`linear_sensitivity_l2`, :func:`logistic_sensitivity_l2`). Draw it once per
-    dataset: the result is ``epsilon``-DP and everything computed from it is free.
+    ``M`` stays symmetric). The constant ``c`` is not released (``c = 0`` in the result): it
+    does not move the minimiser, and FM's noise on it was budget spent for nothing.
+    ``Delta`` is ``2 (d+1)^2`` for ``"linear"`` (FM Sec. 4) and ``d^2/4 + 3d`` for
+    ``"logistic"`` (FM Sec. 5), for records normalised by :class:`FeatureBounds` (they count
+    the constant, so they stay valid); with ``bound="l2"`` the tighter ``2 (2 sqrt d + d)``
+    and ``sqrt(d) + d/4`` derived from the same enforced normalisation for the released
+    coefficients (:func:`linear_sensitivity_l2`, :func:`logistic_sensitivity_l2`). Draw it
+    once per dataset: the result is ``epsilon``-DP and everything computed from it is free.
 
     Attributes
     ----------
@@ -204,7 +206,8 @@ class FunctionalMechanism:
         Returns
         -------
         QuadraticObjective
-            The noisy objective, ``epsilon``-DP; ``M`` symmetric.
+            The noisy objective, ``epsilon``-DP; ``M`` symmetric; constant ``c = 0`` (not
+            released).
 
         """
         if not isinstance(generator, np.random.Generator):
@@ -213,9 +216,9 @@ class FunctionalMechanism:
                 f"got {type(generator).__name__}"
             )
         d = objective.dim
-        coef = objective.coefficients()
+        coef = objective.released_coefficients()
         noise = generator.laplace(loc=0.0, scale=self.noise_scale(d), size=coef.shape)
-        return QuadraticObjective.from_coefficients(coef + noise, d)
+        return QuadraticObjective.from_released(coef + noise, d)
 
     def event(self, round: int = 0) -> PureDpEvent:  # noqa: A002 - matches PureDpEvent.round
         """The ledger event of one release: ``PureDpEvent(epsilon, round)``."""

@@ -9,9 +9,11 @@ degree-2 polynomial in the weights ``w`` (``d`` of them)
 
 so its coefficient vector over the distinct monomials ``1, w_j, w_j^2, w_j w_k (j < k)``
 (FM's ``Phi_0, Phi_1, Phi_2``) is ``[c, alpha, diag(M), 2 M_jk (j < k)]``
-(:meth:`QuadraticObjective.coefficients`). The sensitivities are L1 bounds on how much
-that vector can change when one record is replaced, for records with ``||x||_2 <= 1``
-(:class:`privacy.functional_bounds.FeatureBounds`).
+(:meth:`QuadraticObjective.coefficients`). The constant ``c`` does not move the minimiser
+and is not released, so the mechanism perturbs ``[alpha, diag(M), 2 M_jk]``
+(:meth:`QuadraticObjective.released_coefficients`). The sensitivities are L1 bounds on how
+much that vector can change when one record is replaced, for records with ``||x||_2 <= 1``
+(:class:`privacy.functional_bounds.FeatureBounds`); the paper's also count the constant.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def linear_sensitivity(d: int) -> float:
     ordered pairs ``(j, k)``, i.e. ``x_j^2`` and ``2 x_j x_k`` for ``j < k``). Their L1 norm
     is ``(|y| + ||x||_1)^2 <= (1 + d)^2`` for ``|y| <= 1`` and ``|x_j| <= 1``. Replacing one
     record changes the sum by at most twice that (FM Lemma 1 / Theorem 1), so
-    ``Delta = 2 (d+1)^2``. Under the enforced ``||x||_2 <= 1`` the exact maximum is
-    ``2 (1 + sqrt(d))^2``: the paper's bound is valid, and loose by about a factor ``d``.
+    ``Delta = 2 (d+1)^2``. Under the enforced ``||x||_2 <= 1``, and without the constant,
+    the bound is ``2 (2 sqrt(d) + d)`` (:func:`linear_sensitivity_l2`): the paper's bound is
+    valid, and loose by about a factor ``d``.
     """
     d = _check_dim(d)
     return 2.0 * (d + 1) ** 2
@@ -77,29 +80,37 @@ def logistic_sensitivity(d: int) -> float:
 
 
 def linear_sensitivity_l2(d: int) -> float:
-    """L1 sensitivity of the linear objective under ``||x||_2 <= 1``: ``2 (1 + sqrt d)^2``.
+    """L1 sensitivity of the released linear objective under ``||x||_2 <= 1``: ``2 (2 sqrt d + d)``.
 
-    Same derivation as :func:`linear_sensitivity` (FM Sec. 4, Lemma 1), but using the
-    normalisation actually enforced: ``||x||_1 <= sqrt(d) ||x||_2 <= sqrt(d)`` instead of
-    ``||x||_1 <= d``. One record's coefficients have L1 norm ``(|y| + ||x||_1)^2 <=
-    (1 + sqrt d)^2`` (constant ``y^2`` included); replacing a record moves the sum by at most
-    twice that. About ``d`` times smaller than FM's bound, so about ``d`` times less noise.
+    Same derivation as :func:`linear_sensitivity` (FM Sec. 4, Lemma 1), with two changes that
+    keep the guarantee:
+
+    * the normalisation actually enforced gives ``||x||_1 <= sqrt(d) ||x||_2 <= sqrt(d)``
+      instead of ``||x||_1 <= d``;
+    * the constant ``y^2`` is not released (:meth:`QuadraticObjective.released_coefficients`):
+      it does not move the minimiser, so releasing it would only spend budget.
+
+    One record's released coefficients, ``-2 y x_j`` and ``x_j x_k`` over ordered pairs, have
+    L1 norm ``2 |y| ||x||_1 + ||x||_1^2 <= 2 sqrt(d) + d``; replacing a record moves the sum
+    by at most twice that (adding or removing one, by at most once).
     """
     d = _check_dim(d)
-    return 2.0 * (1.0 + math.sqrt(d)) ** 2
+    return 2.0 * (2.0 * math.sqrt(d) + d)
 
 
 def logistic_sensitivity_l2(d: int) -> float:
-    """Exact-norm L1 sensitivity of the Taylor logistic objective: ``2 log 2 + sqrt(d) + d/4``.
+    """L1 sensitivity of the released Taylor logistic objective: ``sqrt(d) + d/4``.
 
     FM Sec. 5's polynomial per record is ``log 2 + (1/2 - y) x^T w + (1/8)(x^T w)^2``. With
-    ``y in {0, 1}``, ``|1/2 - y| = 1/2`` exactly (FM bounds it by ``1/2 + 1``), and under the
-    enforced ``||x||_2 <= 1``, ``||x||_1 <= sqrt(d)``; so one record's coefficients (the
-    constant ``log 2`` included) have L1 norm at most ``log 2 + sqrt(d)/2 + d/8``, and
-    replacing (or adding/removing) a record moves the sum by at most twice that (FM Lemma 1).
+    ``y in {0, 1}``, ``|1/2 - y| = 1/2`` exactly (FM bounds it by ``1/2 + 1``); under the
+    enforced ``||x||_2 <= 1``, ``||x||_1 <= sqrt(d)``; and the constant ``log 2`` is not
+    released (:meth:`QuadraticObjective.released_coefficients`: it does not move the
+    minimiser). So one record's released coefficients have L1 norm at most
+    ``sqrt(d)/2 + d/8``, and replacing (or adding/removing) a record moves the sum by at
+    most twice that (FM Lemma 1).
     """
     d = _check_dim(d)
-    return 2.0 * math.log(2.0) + math.sqrt(d) + d / 4.0
+    return math.sqrt(d) + d / 4.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,22 @@ class QuadraticObjective:
         """
         j, k = np.triu_indices(self.dim, k=1)
         return np.concatenate([[self.c], self.alpha, np.diag(self.M), 2.0 * self.M[j, k]])
+
+    def released_coefficients(self) -> FloatArray:
+        """:meth:`coefficients` without the constant: ``[alpha, diag(M), 2 M_jk (j<k)]``.
+
+        What the functional mechanism perturbs and releases. The constant ``c`` does not
+        change the minimiser, so it is left out of the release (the released objective has
+        ``c = 0``) and out of the ``"l2"`` sensitivities; the paper's bounds still count it,
+        so they remain valid (and loose) for this vector.
+        """
+        return self.coefficients()[1:]
+
+    @classmethod
+    def from_released(cls, coef: npt.ArrayLike, d: int) -> QuadraticObjective:
+        """Inverse of :meth:`released_coefficients`, with constant ``c = 0``."""
+        vec = np.asarray(coef, dtype=np.float64).reshape(-1)
+        return cls.from_coefficients(np.concatenate([[0.0], vec]), d)
 
     @classmethod
     def from_coefficients(cls, coef: npt.ArrayLike, d: int) -> QuadraticObjective:

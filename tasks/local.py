@@ -407,6 +407,7 @@ def train_functional(task: LocalTask) -> LocalResult:
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(head, dtype=model.head.weight.dtype))
     # Reported loss: the noisy objectives at the new weights, per example (post-processing).
+    # Their constant is not released, so this is the loss relative to the all-zero model's.
     loss = sum(o.value(w) for o, w in zip(objectives, rows, strict=True)) / max(n, 1)
     seconds = time.perf_counter() - start
     # The released objectives are the epsilon-DP output itself: sending them is no new spend.
