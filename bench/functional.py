@@ -40,17 +40,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from _inprocess import run_rounds  # bench/_inprocess.py (this script's folder is on sys.path)
 from flwr.supercore.task_identity import TaskIdentity
 
 from experiments.config import check_data
 from fl_server.strategies import make_strategy
-from privacy import derive_seed
-from protocol import keys
-from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import load_dataset
-from tasks.local import LocalResult, LocalTask, MemoryLedgerStore, get_mode
+from tasks.local import LocalResult
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.partition import load_client_data, specs_from_settings
 from tasks.training import evaluate
@@ -61,39 +58,6 @@ DATASETS = {
     "adult": ("logistic", "accuracy", True),
     "wage": ("linear", "mse", False),
 }
-
-
-def reply(node: int, server_round: int, result: LocalResult, pid: int, delta: float) -> Message:
-    """A train reply as ``fl_client.app.train`` builds it, answering the server's message."""
-    incoming = Message(
-        content=RecordDict({keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})}),
-        dst_node_id=node,
-        message_type=MessageType.TRAIN,
-    )
-    eps = float(result.epsilon) if math.isfinite(result.epsilon) else float("inf")
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: result.num_examples,
-            keys.PARTITION_ID: pid,
-            keys.TRAIN_LOSS: float(result.train_loss),
-            keys.EPSILON: eps,
-            keys.DELTA: delta,
-            keys.DECLINED: int(result.weights is None),
-            keys.TRAIN_SECONDS: result.seconds,
-        }
-    )
-    status = ConfigRecord(
-        {
-            keys.STATE: keys.TRAINED if result.weights is not None else keys.DECLINED_BUDGET,
-            keys.REASON: result.reason,
-        }
-    )
-    content = RecordDict({keys.METRICS: metrics, keys.STATUS: status})
-    if result.weights is not None:
-        content[keys.ARRAYS] = to_record(result.weights)
-        if result.release is not None:
-            content[keys.FM_OBJECTIVES] = to_record(result.release)
-    return Message(content=content, reply_to=incoming)
 
 
 def federation(settings: RunSettings) -> dict[str, Any]:
@@ -108,55 +72,26 @@ def federation(settings: RunSettings) -> dict[str, Any]:
         settings.dataset_name,
     )
     model = build_model(spec, settings.seed)
-    strategy = make_strategy(settings)
     clients = range(settings.num_clients)
     data = {pid: load_client_data(dspec, pspec, pid, settings.val_fraction) for pid in clients}
-    ledgers = {
-        pid: MemoryLedgerStore(settings.privacy_delta, settings.privacy_accountant)
-        for pid in clients
-    }
-    states: dict[int, dict[str, Any]] = {pid: {} for pid in clients}
-    mode = get_mode(settings.privacy_mode)
-    device = torch.device("cpu")
-    g = get_weights(model)
     times: list[tuple[int, float, float]] = []  # (round, s around the mode call, out.seconds)
-    declined = 0
-    epsilons: list[float] = []
-    for rnd in range(1, settings.num_rounds + 1):
-        strategy.current = to_record(g)  # type: ignore[attr-defined]  # as configure_train does
-        replies = []
-        for pid in clients:
-            local = build_model(spec, settings.seed)
-            set_weights(local, g)
-            task = LocalTask(
-                settings=settings,
-                data=data[pid],
-                model=local.to(device),
-                device=device,
-                server_round=rnd,
-                seed=derive_seed(settings.seed, pid, rnd),
-                ledger=ledgers[pid],
-                state=states[pid],
-                partition_id=pid,
-                state_dir=None,
-            )
-            t0 = time.perf_counter()
-            out = mode(task)
-            times.append((rnd, time.perf_counter() - t0, out.seconds))
-            declined += out.weights is None
-            epsilons.append(out.epsilon)
-            replies.append(reply(pid + 1, rnd, out, pid, settings.privacy_delta))
-        arrays, _ = strategy.aggregate_train(rnd, replies)
-        if arrays is not None:
-            g = from_record(arrays)
+    outcomes: list[LocalResult] = []
+
+    def observe(rnd: int, pid: int, out: LocalResult, wall: float) -> None:
+        times.append((rnd, wall, out.seconds))
+        outcomes.append(out)
+
+    g = run_rounds(
+        settings, spec, data, make_strategy(settings), get_weights(model), observe=observe
+    )
     set_weights(model, g)
-    loss, acc = evaluate(model, bundle.x_test, bundle.y_test, device)
-    finite = [e for e in epsilons if math.isfinite(e)]
+    loss, acc = evaluate(model, bundle.x_test, bundle.y_test, torch.device("cpu"))
+    finite = [o.epsilon for o in outcomes if math.isfinite(o.epsilon)]
     return {
         "accuracy": acc,
         "mse": loss if bundle.num_classes == 0 else float("nan"),
         "test_loss": loss,
-        "declined": declined,
+        "declined": sum(o.weights is None for o in outcomes),
         "max_client_epsilon": max(finite) if finite else float("inf"),
         "client_times": times,
         "train_sizes": [len(d.y_train) for d in data.values()],

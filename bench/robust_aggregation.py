@@ -31,22 +31,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from _inprocess import run_rounds  # bench/_inprocess.py (this script's folder is on sys.path)
 from flwr.supercore.task_identity import TaskIdentity
 from sklearn.metrics import roc_auc_score
 
 from fl_server.app import ServerUpdate
 from fl_server.strategies import make_strategy
-from privacy import derive_seed
-from protocol import keys
-from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import DataBundle, DatasetSpec, load_dataset, register_dataset
-from tasks.local import LocalTask, MemoryLedgerStore, get_mode
+from tasks.local import LocalResult
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.partition import load_client_data, specs_from_settings
 from tasks.training import evaluate
-from tasks.unreliable import corrupt_data, corrupt_reply, unreliable_clients
+from tasks.unreliable import corrupt_data, unreliable_clients
 
 POOL = {"n": 8000}
 
@@ -62,26 +59,6 @@ def _mnist_subset(spec: DatasetSpec) -> DataBundle:
         x_train=full.x_train[:n],
         y_train=full.y_train[:n],
     )
-
-
-def reply(node: int, server_round: int, weights: dict, n: int, pid: int, eps: float) -> Message:
-    """A train reply exactly as the ClientApp builds it, answering the server's message."""
-    incoming = Message(
-        content=RecordDict({keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})}),
-        dst_node_id=node,
-        message_type=MessageType.TRAIN,
-    )
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: n,
-            keys.PARTITION_ID: pid,
-            keys.TRAIN_LOSS: 0.0,
-            keys.EPSILON: eps,
-            keys.DECLINED: 0,
-        }
-    )
-    content = RecordDict({keys.ARRAYS: to_record(weights), keys.METRICS: metrics})
-    return Message(content=content, reply_to=incoming)
 
 
 def federation(settings: RunSettings, honest_only: bool = False) -> dict:
@@ -104,42 +81,25 @@ def federation(settings: RunSettings, honest_only: bool = False) -> dict:
         ServerUpdate(settings, bundle) if settings.reliability_server_data_size else None
     )
     strategy = make_strategy(settings, server_update)
-    clients = range(settings.num_clients)
     data = {
         pid: corrupt_data(load_client_data(dspec, pspec, pid, settings.val_fraction), settings, pid)
-        for pid in clients
+        for pid in range(settings.num_clients)
     }
-    ledgers = {pid: MemoryLedgerStore(settings.privacy_delta) for pid in clients}
-    states: dict[int, dict] = {pid: {} for pid in clients}
-    mode = get_mode(settings.privacy_mode)
-    g = get_weights(model)
     bad = set(unreliable_clients(settings))
-    for rnd in range(1, settings.num_rounds + 1):
-        strategy.current = to_record(g)  # as configure_train does
-        replies = []
-        for pid in clients:
-            local = build_model(spec, settings.seed)
-            set_weights(local, g)
-            task = LocalTask(
-                settings=settings,
-                data=data[pid],
-                model=local,
-                device=torch.device("cpu"),
-                server_round=rnd,
-                seed=derive_seed(settings.seed, pid, rnd),
-                ledger=ledgers[pid],
-                state=states[pid],
-                partition_id=pid,
-            )
-            out = mode(task)
-            assert out.weights is not None, out.reason
-            sent = corrupt_reply(out.weights, g, settings, pid)
-            if honest_only and pid in bad:
-                continue
-            replies.append(reply(pid + 1, rnd, sent, out.num_examples, pid, out.epsilon))
-        arrays, _ = strategy.aggregate_train(rnd, replies)
-        if arrays is not None:
-            g = from_record(arrays)
+
+    def trained(rnd: int, pid: int, out: LocalResult, wall: float) -> None:
+        if out.weights is None:  # the budget is sized for the run: a decline is a bug here
+            raise RuntimeError(f"client {pid} declined in round {rnd}: {out.reason}")
+
+    g = run_rounds(
+        settings,
+        spec,
+        data,
+        strategy,
+        get_weights(model),
+        observe=trained,
+        keep=lambda pid: not (honest_only and pid in bad),
+    )
     set_weights(model, g)
     _, acc = evaluate(model, bundle.x_test, bundle.y_test, torch.device("cpu"))
     auc, auc_weight = float("nan"), float("nan")
@@ -239,7 +199,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="grid per seed")
     ap.add_argument("--kinds", nargs="+", default=["label_flip", "feature_noise"])
     ap.add_argument("--partitioners", nargs="+", default=["iid", "dirichlet"])
-    ap.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES)
+    ap.add_argument(
+        "--strategies", nargs="+", default=DEFAULT_STRATEGIES, choices=list(STRATEGY_SETTINGS)
+    )
     ap.add_argument("--out", default="bench-reliability.csv")
     ap.add_argument("--jobs", type=int, default=1, help="federations run at once (processes)")
     args = ap.parse_args()

@@ -16,7 +16,7 @@ from privacy import derive_seed
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.local import LocalTask, get_mode
+from tasks.local import LocalResult, LocalTask, get_mode
 from tasks.models import ModelSpec, build_model, set_weights
 from tasks.node_data import load_node_data, task_shape
 from tasks.partition import ClientData, load_client_data, specs_from_settings
@@ -117,6 +117,18 @@ def train(msg: Message, context: Context) -> Message:
     )
     result = get_mode(settings.privacy_mode)(task)
     _save_state(context, task.state)
+    return train_reply(msg, result, settings, pid)
+
+
+def train_reply(msg: Message, result: LocalResult, settings: RunSettings, pid: int) -> Message:
+    """The reply to train message ``msg``: metrics, status, weights and any release.
+
+    The weights sent are the trained ones, or, for a client simulated as unreliable
+    (``participants``), what :func:`tasks.unreliable.corrupt_reply` makes of them; the
+    functional mechanism's noisy objectives travel beside them (its epsilon-DP release
+    itself, so sending them is no new spend). A client that declined (budget spent) sends
+    no weights. In-process benchmarks build their replies with this function too.
+    """
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: result.num_examples,
