@@ -128,6 +128,35 @@ def run_federation(
     return summary
 
 
+def untrained_warning(out: Path) -> str | None:
+    """A warning when no round aggregated any client update, naming the commonest reason.
+
+    Reads ``metrics.csv`` (``kept_previous_model`` per round) and ``clients.csv`` (each
+    reply's ``reason``); ``None`` when some round did aggregate, or the tables are missing.
+    """
+    metrics_path, clients_path = out / "metrics.csv", out / "clients.csv"
+    if not metrics_path.exists():
+        return None
+    metrics = pd.read_csv(metrics_path)
+    rounds = metrics[metrics["round"] > 0]
+    if rounds.empty or "kept_previous_model" not in rounds:
+        return None
+    if not rounds["kept_previous_model"].fillna(False).astype(bool).all():
+        return None
+    text = (
+        f"warning: no round of {len(rounds)} aggregated a client update, so the final model is "
+        "the initial one"
+    )
+    if clients_path.exists():
+        reasons = pd.read_csv(clients_path).get("reason", pd.Series(dtype=str)).dropna()
+        if len(reasons):
+            common = reasons.astype(str).value_counts()
+            text += f"; most common reason ({common.iloc[0]} replies): {common.index[0]}"
+            if "NaN/Inf" in common.index[0]:
+                text += " (local training diverged? try a smaller federation.learning_rate)"
+    return text + f"; see {clients_path}"
+
+
 def _tail(path: Path, n: int) -> str:
     if not path.exists():
         return "(no log)"
@@ -166,12 +195,19 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         quality = f"test mse {summary['final_test_loss']:.4f}"
     else:
         quality = f"test accuracy {summary['final_test_accuracy']:.4f}"
+    if settings.privacy_mode == "none":
+        eps_text = "inf (no privacy)"
+    else:
+        eps_text = "-" if eps is None else f"{eps:.3f}"
     print(
         f"done: {quality} after {summary['rounds']} rounds, max client epsilon "
-        f"{eps if eps is None else round(eps, 3)}, {summary['wall_seconds']:.0f} s; "
+        f"{eps_text}, {summary['wall_seconds']:.0f} s; "
         f"results in {out_dir}",
         flush=True,
     )
+    warning = untrained_warning(out_dir)
+    if warning is not None:
+        print(warning, flush=True)
     return float(summary[_metric(settings.model_name)])
 
 
