@@ -138,6 +138,11 @@ def test_objectives_are_the_stated_polynomials() -> None:
     back = QuadraticObjective.from_coefficients(coef, 5)
     np.testing.assert_allclose(back.M, log.M)
     np.testing.assert_allclose(back.alpha, log.alpha)
+    # the release leaves the constant out: same minimiser, c = 0
+    released = QuadraticObjective.from_released(log.released_coefficients(), 5)
+    np.testing.assert_array_equal(log.released_coefficients(), coef[1:])
+    assert released.c == 0.0 and log.c == pytest.approx(50 * math.log(2))
+    np.testing.assert_allclose(minimise(released), minimise(log))
 
 
 def test_objectives_reject_unnormalised_records() -> None:
