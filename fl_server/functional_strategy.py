@@ -26,7 +26,7 @@ from privacy.functional import (
 from protocol import keys
 from protocol.records import from_record, to_record
 from reliability import validate_update
-from tasks.local import FUNCTIONAL_HEAD
+from tasks.local_functional import FUNCTIONAL_HEAD
 
 from .strategy import ClientOutcome, WeightedFedAvg, Weights
 

@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import (
 from protocol import keys
 from protocol.settings import RunSettings
 from reliability import ReliabilityWeighting, make_scorer
-from tasks.local import functional_noise_scale
+from tasks.local_functional import functional_noise_scale
 
 from .functional_strategy import ObjectiveFedAvg
 from .strategy import FedPrivMixin, WeightedFedAvg, Weights, weight_by_examples

@@ -22,8 +22,9 @@ from privacy.functional import (
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.local import FUNCTIONAL_HEAD, FUNCTIONAL_KINDS, functional_noise_scale
-from tasks.models import FUNCTIONAL_MODELS, FunctionalModel, ModelSpec, build_model
+from tasks.local_functional import FUNCTIONAL_HEAD, FUNCTIONAL_KINDS, functional_noise_scale
+from tasks.models import FUNCTIONAL_MODELS, ModelSpec, build_model
+from tasks.models_functional import FunctionalModel
 
 D = 4
 SETTINGS = RunSettings(

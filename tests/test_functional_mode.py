@@ -1,4 +1,4 @@
-"""privacy.mode=functional (tasks/local.py) with its models, on real Adult / Wage / digits data."""
+"""privacy.mode=functional (tasks/local_functional.py) on real Adult / Wage / digits data."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from fl_client.app import _load_state, _save_state
 from privacy import PureDpEvent
 from privacy.functional import SENSITIVITY_BOUNDS, FeatureBounds, minimise
 from protocol.settings import FUNCTIONAL_BOUNDS, RunSettings
-from tasks.local import FUNCTIONAL_KEY, LocalTask, MemoryLedgerStore, functional_file, get_mode
-from tasks.models import FunctionalModel, ModelSpec, PublicNormalise, build_model, get_weights
+from tasks.local import LocalTask, MemoryLedgerStore, get_mode
+from tasks.local_functional import FUNCTIONAL_KEY, functional_file
+from tasks.models import ModelSpec, build_model, get_weights
+from tasks.models_functional import FunctionalModel, PublicNormalise
 from tasks.partition import ClientData, load_client_data, specs_from_settings
 from tasks.tabular import ADULT_BOUNDS
 from tasks.training import evaluate
