@@ -21,13 +21,45 @@ from typing import Any, ClassVar, TypeAlias
 
 from opacus.accountants import create_accountant
 
-__all__ = ["Event", "PrivacyLedger", "PureDpEvent", "SampledGaussianEvent"]
+__all__ = ["Event", "PrivacyLedger", "PureDpEvent", "SampledGaussianEvent", "write_atomically"]
 
 LEDGER_VERSION = 1
 
 # Accountants whose ``get_epsilon`` only reads the last history entry (Opacus'
 # GaussianAccountant), so they cannot compose heterogeneous events.
 _HOMOGENEOUS_ONLY = frozenset({"gdp"})
+
+
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old or the new file, never a torn one.
+
+    Writes a temporary file in the same directory, fsyncs it, ``os.replace``-s it over
+    ``path``, then fsyncs the directory (POSIX; skipped where unsupported) so the rename
+    itself survives a power loss. Used for privacy ledgers and for the functional
+    mechanism's stored release, whose loss would mean a second noise draw.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # persist the rename itself (POSIX); not supported everywhere
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def _check_round(rnd: int) -> None:
@@ -266,33 +298,8 @@ class PrivacyLedger:
         return cls.from_dict(json.loads(s))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomically write the ledger to ``path``.
-
-        Writes a temporary file in the same directory, fsyncs it and ``os.replace``-s it over
-        ``path``, so a crash leaves either the old or the new ledger, never a torn one.
-        """
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        try:  # persist the rename itself (POSIX); not supported everywhere
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        """Atomically write the ledger to ``path`` (:func:`write_atomically`)."""
+        write_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PrivacyLedger:

@@ -8,8 +8,6 @@ and beside its ledger on disk, minimised from the global weights every round.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from privacy.functional import (
     objectives_to_arrays,
     stabilise,
 )
+from privacy.ledger import write_atomically
 from protocol.settings import RunSettings
 from tasks.local import LocalResult, LocalTask, register_mode
 from tasks.models import FUNCTIONAL_MODELS, get_weights
@@ -81,21 +80,6 @@ def functional_file(state_dir: Path, partition_id: int) -> Path:
     return state_dir / f"{FUNCTIONAL_KEY}-client-{partition_id}.json"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Temporary file in the same directory, fsync, ``os.replace``: old or new, never torn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_release(task: LocalTask) -> dict[str, Any] | None:
     """The stored release: the file on disk wins (it survives restarts), else node state."""
     path = (
@@ -107,7 +91,7 @@ def _load_release(task: LocalTask) -> dict[str, Any] | None:
     elif FUNCTIONAL_KEY in task.state:
         release = task.state[FUNCTIONAL_KEY]
         if path is not None:  # the file went missing: put the release back beside the ledger
-            _write_atomically(path, json.dumps(release))
+            write_atomically(path, json.dumps(release))
     if release is not None:
         task.state[FUNCTIONAL_KEY] = release
     return release
@@ -193,7 +177,7 @@ def train_functional(task: LocalTask) -> LocalResult:
         }
         task.state[FUNCTIONAL_KEY] = release
         if task.state_dir is not None:
-            _write_atomically(
+            write_atomically(
                 functional_file(task.state_dir, task.partition_id), json.dumps(release)
             )
     _check_release(release, expected)
