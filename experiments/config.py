@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from privacy import plan_dpsgd
+from privacy.accounting import check_accountant
 from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.datasets import load_dataset
@@ -53,6 +54,8 @@ def check_data(settings: RunSettings) -> DataCheck:
         the smallest client's number of training examples, or when ``privacy.mode=functional``
         is asked of a model it cannot serve.
     """
+    if settings.privacy_mode != "none":
+        check_accountant(settings.privacy_accountant)
     if settings.model_name not in MODELS:
         raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {settings.model_name!r}")
     if settings.privacy_mode not in MODES:
@@ -110,7 +113,7 @@ def check_data(settings: RunSettings) -> DataCheck:
     if settings.privacy_mode == "dpsgd":  # the budget must be certifiable for every client
         for n in sorted({min(sizes), max(sizes)}):
             plan_dpsgd(
-                target_epsilon=settings.privacy_target_epsilon,
+                target_epsilon=settings.training_epsilon,
                 delta=settings.privacy_delta,
                 n_train=n,
                 batch_size=settings.batch_size,

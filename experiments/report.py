@@ -25,30 +25,71 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from privacy import PrivacyLedger, SampledGaussianEvent  # noqa: E402
+from privacy import PrivacyLedger, PureDpEvent, SampledGaussianEvent  # noqa: E402
+
+
+def _distinct(values: list[float]) -> str:
+    return ";".join(f"{v:.6g}" for v in sorted(set(values)))
+
+
+def privacy_events(out_dir: Path) -> pd.DataFrame:
+    """One row per ledger event of every client (``privacy_events.csv``)."""
+    rows = []
+    for path in sorted((out_dir / "ledgers").glob("client-*.json")):
+        ledger = PrivacyLedger.load(path)
+        for i, e in enumerate(ledger.events):
+            rows.append(
+                {
+                    "partition_id": int(path.stem.split("-")[1]),
+                    "event": i,
+                    "kind": e.kind,
+                    "round": e.round,
+                    "mechanism": getattr(e, "mechanism", "dpsgd") or e.kind,
+                    "noise_multiplier": getattr(e, "noise_multiplier", np.nan),
+                    "sample_rate": getattr(e, "sample_rate", np.nan),
+                    "steps": getattr(e, "steps", np.nan),
+                    "epsilon": getattr(e, "epsilon", np.nan),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def ledger_epsilons(out_dir: Path) -> dict[int, float]:
+    """Each client's epsilon recomputed from its ledger file (simulation: ``ledgers/``)."""
+    return {
+        int(path.stem.split("-")[1]): PrivacyLedger.load(path).epsilon()
+        for path in sorted((out_dir / "ledgers").glob("client-*.json"))
+    }
 
 
 def privacy_table(out_dir: Path) -> pd.DataFrame:
-    """One row per client: its cumulative (epsilon, delta) and what was spent, from its ledger.
+    """One row per client: its cumulative (epsilon, delta) from its ledger, and every event.
 
-    Clients without a ledger (``privacy.mode=none``) appear from ``clients.csv`` with
-    epsilon = inf.
+    ``events`` counts them; ``noise_multipliers`` and ``sample_rates`` list every distinct
+    value of the DP-SGD events (a resumed or re-planned run can have several), ``steps`` sums
+    them, ``pure_epsilon`` sums the pure-DP releases (functional mechanism, noisy
+    evaluations). ``privacy_events.csv`` has one row per event. Clients without a ledger
+    (``privacy.mode=none``) appear from ``clients.csv`` with epsilon = inf.
     """
     rows = []
     for path in sorted((out_dir / "ledgers").glob("client-*.json")):
         ledger = PrivacyLedger.load(path)
         sgm = [e for e in ledger.events if isinstance(e, SampledGaussianEvent)]
+        pure = [e for e in ledger.events if isinstance(e, PureDpEvent)]
         rows.append(
             {
                 "partition_id": int(path.stem.split("-")[1]),
                 "epsilon": ledger.epsilon(),
                 "delta": ledger.delta,
                 "accountant": ledger.accountant,
+                "neighbouring": ledger.relation,
                 "events": len(ledger.events),
                 "rounds": sorted({e.round for e in ledger.events}),
-                "noise_multiplier": sgm[0].noise_multiplier if sgm else np.nan,
-                "sample_rate": sgm[0].sample_rate if sgm else np.nan,
+                "noise_multipliers": _distinct([e.noise_multiplier for e in sgm]),
+                "sample_rates": _distinct([e.sample_rate for e in sgm]),
                 "steps": sum(e.steps for e in sgm),
+                "pure_epsilon": sum(e.epsilon for e in pure),
+                "mechanisms": ";".join(sorted({e.mechanism or e.kind for e in pure})),
             }
         )
     table = pd.DataFrame(rows)

@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import DataCheck, check_data, to_settings
 from experiments.deploy import check_deployment, deployment_connection
 from experiments.launcher import FlowerCli, LocalSimulation
-from experiments.report import plot_run, privacy_table
+from experiments.report import ledger_epsilons, plot_run, privacy_events, privacy_table
 from experiments.resume import resume_argv, resume_config
 from experiments.schema import register_schema
 from experiments.sweep import job_guard, run_identity
+from privacy.ledger import write_atomically
 from protocol.settings import RunSettings
 from tasks.models import is_regression
 from tasks.unreliable import unreliable_clients
@@ -116,9 +117,11 @@ def run_federation(
             f"run {run_id} ended as {status.text!r} {status.details}\n--- last lines of run.log\n"
             f"{tail}"
         )
-    summary = json.loads(summary_path.read_text())
+    summary = with_ledger_epsilon(json.loads(summary_path.read_text()), out)
+    write_atomically(summary_path, json.dumps(summary, indent=2, allow_nan=False))
     metrics = pd.read_csv(out / "metrics.csv")
-    privacy_table(out).to_csv(out / "privacy.csv", index=False)
+    write_atomically(out / "privacy.csv", privacy_table(out).to_csv(index=False))
+    write_atomically(out / "privacy_events.csv", privacy_events(out).to_csv(index=False))
     plot_run(
         metrics,
         out / "accuracy_epsilon.png",
@@ -126,6 +129,31 @@ def run_federation(
         f"{settings.num_clients} clients",
     )
     return summary
+
+
+def with_ledger_epsilon(summary: dict, out: Path) -> dict:
+    """``summary.json``'s epsilon from the clients' ledgers where this machine has them.
+
+    The server writes the largest epsilon the clients *replied* (``epsilon_source:
+    "replies"``); in simulation the ledgers lie in ``ledgers/``, and each client's epsilon is
+    recomputed from its events (``epsilon_source: "ledgers"``, per client in
+    ``epsilon_clients``). A deployment's ledgers stay on the nodes.
+    """
+    eps = ledger_epsilons(out)
+    if not eps:
+        return summary
+    return summary | {
+        "epsilon_max": max(eps.values()),
+        "epsilon_source": "ledgers",
+        "epsilon_clients": {str(pid): e for pid, e in sorted(eps.items())},
+    }
+
+
+REPRODUCIBLE_WARNING = (
+    "warning: privacy.reproducible_noise=true: every noise draw is derived from seed={seed}, "
+    "which the server writes; this run has NO privacy guarantee against anyone who knows the "
+    "seed (summary.json: noise_secret false)"
+)
 
 
 def untrained_warning(out: Path) -> str | None:
@@ -184,6 +212,8 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         ),
         flush=True,
     )
+    if settings.privacy_reproducible_noise and settings.privacy_mode != "none":
+        print(REPRODUCIBLE_WARNING.format(seed=settings.seed), flush=True)
     summary = run_federation(  # 2-4
         settings,
         cfg.federation.client_cpus,
@@ -205,6 +235,8 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         f"results in {out_dir}",
         flush=True,
     )
+    if settings.privacy_reproducible_noise and settings.privacy_mode != "none":
+        print(REPRODUCIBLE_WARNING.format(seed=settings.seed), flush=True)
     warning = untrained_warning(out_dir)
     if warning is not None:
         print(warning, flush=True)

@@ -46,8 +46,9 @@ class PrivacyConf:
     target_epsilon: float = 4.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
-    secure_rng: bool = False
+    accountant: str = "pld"
+    reproducible_noise: bool = False
+    eval_epsilon: float = 0.0
     grad_sample_mode: str = "ew"
     functional_bound: str = "l2"
     functional_steps: int = 0
@@ -67,7 +68,7 @@ class FederationConf:
     num_clients: int = 3
     rounds: int = 3
     fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
+    fraction_evaluate: float = 0.0
     local_epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 0.5

@@ -1,4 +1,13 @@
-"""Flower ClientApp: a thin adapter from Flower messages to ``tasks`` and ``privacy``."""
+"""Flower ClientApp: a thin adapter from Flower messages to ``tasks`` and ``privacy``.
+
+What a reply may carry is decided here, field by field (``docs/privacy.md`` has the table):
+the mechanism's outputs (DP-SGD weights, the functional mechanism's noisy objectives, a noisy
+validation accuracy), post-processing of them, and public facts (the example count ``n``,
+public under the replace-one relation; the ledger's epsilon; the partition id; training time
+in whole seconds). Nothing else computed from private data leaves: no raw loss or accuracy
+under a DP mode, and no exception text (an error reply says only that the client failed;
+the details go to the node's own log).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,14 +23,16 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from privacy import derive_seed
+from privacy.laplace import make_source
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
+from tasks.evaluation import EvalResult, evaluate_private
 from tasks.local import LocalResult, LocalTask, get_mode
 from tasks.models import ModelSpec, build_model, set_weights
 from tasks.node_data import load_node_data, task_shape
 from tasks.partition import ClientData, load_client_data, specs_from_settings
-from tasks.training import evaluate, select_device
+from tasks.training import select_device
 from tasks.unreliable import corrupt_data, corrupt_reply
 
 from .ledger_store import LedgerStore, ledger_path
@@ -29,6 +41,41 @@ app = ClientApp()
 log = logging.getLogger("fedpriv.client")
 
 STATE_KEY = "fedpriv-client-state"
+
+Handler = Callable[[Message, Context], Message]
+
+
+class ClientFailedError(RuntimeError):
+    """What the server learns of a failure: that it happened, not its text or data."""
+
+
+def sanitised(what: str) -> Callable[[Handler], Handler]:
+    """Log a handler's exception on the node only; raise a text-free one for the server.
+
+    Flower turns an exception in a ClientApp into an error reply carrying ``str(exc)``, and
+    exception texts can hold data values or row numbers (a bad value in the node's file,
+    a shape). The server sees only ``ClientFailedError`` with a fixed message.
+    """
+
+    def deco(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        def wrapper(msg: Message, context: Context) -> Message:
+            try:
+                return fn(msg, context)
+            except Exception:
+                log.exception("fedpriv %s failed on this node (kept local)", what)
+                raise ClientFailedError(
+                    f"fedpriv client failed in {what}; the details are in the node's log"
+                ) from None
+
+        return wrapper
+
+    return deco
+
+
+def quantised_seconds(seconds: float) -> float:
+    """Training time in whole seconds (a coarse public timing; see ``docs/privacy.md``)."""
+    return float(round(seconds)) if math.isfinite(seconds) else 0.0
 
 
 def _load_state(context: Context) -> dict[str, Any]:
@@ -93,6 +140,7 @@ def _finite(x: float) -> float:
 
 
 @app.train()
+@sanitised("train")
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data under the configured privacy mode."""
     settings = RunSettings.from_run_config(context.run_config)
@@ -129,17 +177,19 @@ def train_reply(msg: Message, result: LocalResult, settings: RunSettings, pid: i
     itself, so sending them is no new spend). A client that declined (budget spent) sends
     no weights. In-process benchmarks build their replies with this function too.
     """
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: result.num_examples,
-            keys.PARTITION_ID: pid,
-            keys.TRAIN_LOSS: float(result.train_loss),
-            keys.EPSILON: _finite(result.epsilon),
-            keys.DELTA: settings.privacy_delta,
-            keys.DECLINED: int(result.weights is None),
-            keys.TRAIN_SECONDS: result.seconds,
-        }
-    )
+    values: dict[str, int | float | list[int] | list[float]] = {
+        keys.NUM_EXAMPLES: result.num_examples,
+        keys.PARTITION_ID: pid,
+        keys.EPSILON: _finite(result.epsilon),
+        keys.DELTA: settings.privacy_delta,
+        keys.DECLINED: int(result.weights is None),
+        keys.TRAIN_SECONDS: quantised_seconds(result.seconds),
+    }
+    if math.isfinite(result.train_loss):  # raw: set by privacy.mode=none only
+        values[keys.TRAIN_LOSS] = float(result.train_loss)
+    if math.isfinite(result.train_loss_dp):  # post-processing of a mechanism's release
+        values[keys.TRAIN_LOSS_DP] = float(result.train_loss_dp)
+    metrics = MetricRecord(values)
     status = ConfigRecord(
         {
             keys.STATE: keys.TRAINED if result.weights is not None else keys.DECLINED_BUDGET,
@@ -157,20 +207,48 @@ def train_reply(msg: Message, result: LocalResult, settings: RunSettings, pid: i
 
 
 @app.evaluate()
+@sanitised("evaluate")
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the client's validation split."""
+    """Evaluate the received global model on the client's validation split.
+
+    Under a DP mode the reply carries a noisy accuracy (``val-accuracy-dp``) accounted in the
+    ledger, or nothing but a refusal when ``privacy.eval_epsilon`` is 0
+    (:func:`tasks.evaluation.evaluate_private`); raw metrics under ``privacy.mode=none`` only.
+    """
     settings = RunSettings.from_run_config(context.run_config)
     pid, num = _identity(context, settings)
     data = _client_data(context, settings, pid, num)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
-    loss, acc = evaluate(model, data.x_val, data.y_val, device)
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: len(data.y_val),
-            keys.PARTITION_ID: pid,
-            keys.VAL_LOSS: float(loss) if len(data.y_val) else 0.0,
-            keys.VAL_ACCURACY: float(acc) if len(data.y_val) else 0.0,
-        }
+    server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
+    path = ledger_path(dict(context.node_config), settings.output_dir, pid)
+    store = LedgerStore(context, path, settings.privacy_delta, settings.privacy_accountant)
+    source = make_source(
+        derive_seed(settings.seed, pid, server_round, 0xE7A1),
+        reproducible=settings.privacy_reproducible_noise,
     )
-    return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
+    result = evaluate_private(
+        settings, model, data.x_val, data.y_val, device, store, server_round, source
+    )
+    return evaluate_reply(msg, result, pid)
+
+
+def evaluate_reply(msg: Message, result: EvalResult, pid: int) -> Message:
+    """The reply to evaluate message ``msg``: only the fields ``result`` may release."""
+    values: dict[str, int | float | list[int] | list[float]] = {
+        keys.NUM_EXAMPLES: result.num_examples,
+        keys.PARTITION_ID: pid,
+        keys.DECLINED: int(result.declined),
+        keys.EPSILON: _finite(result.epsilon),
+    }
+    for key, value in (
+        (keys.VAL_LOSS, result.loss),
+        (keys.VAL_ACCURACY, result.accuracy),
+        (keys.VAL_ACCURACY_DP, result.accuracy_dp),
+        (keys.VAL_LOSS_DP, result.loss_dp),
+    ):
+        if math.isfinite(value):
+            values[key] = float(value)
+    status = ConfigRecord({keys.REASON: result.reason})
+    content = RecordDict({keys.METRICS: MetricRecord(values), keys.STATUS: status})
+    return Message(content=content, reply_to=msg)

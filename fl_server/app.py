@@ -188,5 +188,14 @@ def main(grid: Grid, context: Context) -> None:
         start_round=start_round,
     )
     assert evaluation.last is not None
-    summary = recorder.finish(from_record(evaluation.last), {"run_id": int(context.run_id)})
+    summary = recorder.finish(
+        from_record(evaluation.last),
+        {
+            "run_id": int(context.run_id),
+            # false: the noise was derived from the seed (privacy.reproducible_noise): no
+            # guarantee against anyone who knows it
+            "noise_secret": not settings.privacy_reproducible_noise,
+            "epsilon_source": "replies",
+        },
+    )
     log(INFO, "fedpriv finished: %s", summary)

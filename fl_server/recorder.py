@@ -31,9 +31,9 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def _mean_loss(trained: list[ClientOutcome]) -> float:
+def _mean_loss(trained: list[ClientOutcome], field: str = "train_loss") -> float:
     """Aggregation-weighted train loss (plain mean when a baseline gives no weights)."""
-    pairs = [(o.weight, o.train_loss) for o in trained if math.isfinite(o.train_loss)]
+    pairs = [(o.weight, getattr(o, field)) for o in trained if math.isfinite(getattr(o, field))]
     if not pairs:
         return math.nan
     w = np.array([p[0] for p in pairs])
@@ -80,7 +80,10 @@ class RunRecorder:
             row |= {
                 "val_accuracy": log.val_accuracy,
                 "val_loss": log.val_loss,
+                "val_accuracy_dp": log.val_accuracy_dp,
+                "val_loss_dp": log.val_loss_dp,
                 "train_loss": _mean_loss(trained),
+                "train_loss_dp": _mean_loss(trained, "train_loss_dp"),
                 "participants": len(trained),
                 "declined": sum(o.status == "declined" for o in outcomes),
                 "rejected": sum(o.status == "rejected" for o in outcomes),

@@ -33,6 +33,7 @@ class ClientOutcome:
     num_examples: int = 0
     epsilon: float = float("nan")
     train_loss: float = float("nan")
+    train_loss_dp: float = float("nan")
     train_seconds: float = float("nan")
     weight: float = float("nan")
     score: float = float("nan")
@@ -52,6 +53,8 @@ class RoundLog:
     sent: list[Message] = field(default_factory=list, repr=False)
     val_loss: float = float("nan")
     val_accuracy: float = float("nan")
+    val_accuracy_dp: float = float("nan")
+    val_loss_dp: float = float("nan")
 
 
 class NoClientSucceededError(RuntimeError):
@@ -86,6 +89,7 @@ def parse_reply(
         out.num_examples = int(metric_number(metrics, keys.NUM_EXAMPLES, 0))
         out.epsilon = metric_number(metrics, keys.EPSILON, float("nan"))
         out.train_loss = metric_number(metrics, keys.TRAIN_LOSS, float("nan"))
+        out.train_loss_dp = metric_number(metrics, keys.TRAIN_LOSS_DP, float("nan"))
         out.train_seconds = metric_number(metrics, keys.TRAIN_SECONDS, float("nan"))
         declined = int(metric_number(metrics, keys.DECLINED, 0))
     except (TypeError, ValueError) as err:

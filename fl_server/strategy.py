@@ -261,23 +261,43 @@ class FedPrivMixin(Resumable):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Example-weighted validation loss and accuracy over the clients that answered."""
-        total, loss, acc = 0, 0.0, 0.0
+        """Example-weighted validation metrics over the clients that answered.
+
+        Each metric (raw ``val-loss``/``val-accuracy`` under no privacy, the noisy
+        ``val-accuracy-dp``/``val-loss-dp`` under DP) is averaged over the replies that carry
+        it; a client that declined carries none.
+        """
+        names = {
+            keys.VAL_LOSS: "val_loss",
+            keys.VAL_ACCURACY: "val_accuracy",
+            keys.VAL_ACCURACY_DP: "val_accuracy_dp",
+            keys.VAL_LOSS_DP: "val_loss_dp",
+        }
+        sums = {key: [0.0, 0] for key in names}
         for msg in replies:
             if msg.has_error() or keys.METRICS not in msg.content.metric_records:
                 continue
             m = msg.content.metric_records[keys.METRICS]
-            n = int(metric_number(m, keys.NUM_EXAMPLES, 0))
-            if n == 0:
+            try:
+                n = int(metric_number(m, keys.NUM_EXAMPLES, 0))
+                values = {key: metric_number(m, key, math.nan) for key in names}
+            except (TypeError, ValueError, OverflowError):
                 continue
-            total += n
-            loss += n * metric_number(m, keys.VAL_LOSS, 0.0)
-            acc += n * metric_number(m, keys.VAL_ACCURACY, 0.0)
-        if total == 0:
+            if n <= 0:
+                continue
+            for key, value in values.items():
+                if math.isfinite(value):
+                    sums[key][0] += n * value
+                    sums[key][1] += n
+        if not any(count for _, count in sums.values()):
             return None
         log = self.rounds.setdefault(server_round, RoundLog())
-        log.val_loss, log.val_accuracy = loss / total, acc / total
-        return MetricRecord({"val-loss": log.val_loss, "val-accuracy": log.val_accuracy})
+        out: dict[str, int | float | list[int] | list[float]] = {}
+        for key, (total, count) in sums.items():
+            if count:
+                setattr(log, names[key], total / count)
+                out[key] = total / count
+        return MetricRecord(out)
 
 
 class WeightedFedAvg(FedPrivMixin, FedAvg):

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader
 
+from privacy.accounting import calibrate_noise, get_accountant
 from privacy.ledger import PrivacyLedger, SampledGaussianEvent, _check_accountant, _check_delta
 from privacy.rng import make_generator
 
@@ -58,7 +57,7 @@ class DpSgdPlan:
     noise_multiplier : float
         Calibrated noise std / clipping norm.
     accountant : str
-        Opacus accountant mechanism used for calibration and accounting.
+        Registered accountant (:mod:`privacy.accounting`) used for calibration and accounting.
 
     """
 
@@ -85,13 +84,14 @@ def plan_dpsgd(
     batch_size: int,
     local_epochs: int,
     rounds: int,
-    accountant: str = "rdp",
+    accountant: str = "pld",
 ) -> DpSgdPlan:
     """Calibrate the DP-SGD noise multiplier for a client's whole run.
 
-    The guarantee is that of ``total_steps`` compositions of the sampled Gaussian mechanism
-    (DP-SGD, Abadi et al. 2016; RDP of the sampled Gaussian, Mironov 2017 and Mironov,
-    Talwar, Zhang 2019, or PRV/GDP accounting depending on ``accountant``).
+    The guarantee is that of ``total_steps`` compositions of the Poisson subsampled Gaussian
+    mechanism (DP-SGD, Abadi et al. 2016) under replace-one neighbours, accounted by the
+    registered ``accountant`` (default ``pld``: dp_accounting's privacy loss distributions,
+    pessimistic; see :mod:`privacy.accounting`).
 
     The sample rate and steps match what Opacus actually does with ``poisson_sampling=True``:
     ``DPDataLoader.from_data_loader`` uses ``sample_rate = 1 / len(data_loader)``, with
@@ -101,9 +101,9 @@ def plan_dpsgd(
     smaller otherwise. ``batch_size > n_train`` thus clamps the sample rate to 1.0.
 
     Memoised: the plan is a pure function of its arguments. The noise multiplier is
-    calibrated once with Opacus' ``get_noise_multiplier`` (binary search, tolerance
-    ``min(0.01, 0.01 * target_epsilon)``) and then verified with the accountant, so the
-    plan's epsilon is at or just under ``target_epsilon``.
+    calibrated once (:func:`privacy.accounting.calibrate_noise`: bisection to 1% of the
+    target) and then verified with the same accountant, so the plan's epsilon is at or just
+    under ``target_epsilon``.
 
     Raises
     ------
@@ -127,26 +127,16 @@ def plan_dpsgd(
     steps_per_round = local_epochs * int(1 / sample_rate)
     total_steps = steps_per_round * rounds
     try:
-        noise_multiplier = float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=total_steps,
-                accountant=accountant,
-                epsilon_tolerance=min(0.01, 0.01 * target_epsilon),
-            )
+        noise_multiplier = calibrate_noise(
+            accountant, float(target_epsilon), float(delta), sample_rate, total_steps
         )
-    except ValueError as err:  # Opacus: "The privacy budget is too low."
+    except ValueError as err:
         raise ValueError(
             f"privacy.target_epsilon={target_epsilon:g} cannot be certified by the "
             f"{accountant!r} accountant at privacy.delta={delta:g} for {total_steps} steps at "
-            f"sample rate {sample_rate:.4g} ({err}); raise the epsilon, or try "
-            "privacy.accountant=prv"
+            f"sample rate {sample_rate:.4g} ({err}); raise the epsilon"
         ) from err
-    acc = create_accountant(mechanism=accountant)
-    acc.history = [(noise_multiplier, sample_rate, total_steps)]
-    eps = float(acc.get_epsilon(delta=delta))
+    eps = get_accountant(accountant).epsilon(((noise_multiplier, sample_rate, total_steps),), delta)
     if eps > target_epsilon:
         raise RuntimeError(
             f"calibrated noise_multiplier {noise_multiplier} gives epsilon {eps} > "
@@ -207,6 +197,21 @@ class PrivateTraining:
         """Detached copies of the original module's weights (no ``_module.`` prefix)."""
         inner = getattr(self.module, "_module", self.module)
         return {k: v.detach().clone() for k, v in inner.state_dict().items()}
+
+    def empty_step(self) -> None:
+        """The noised step of an empty Poisson batch: zero clipped sum plus Gaussian noise.
+
+        The sampled Gaussian mechanism releases ``sum of clipped gradients + N(0, sigma^2 C^2)``
+        at every step, including steps whose Poisson sample is empty (the sum is then 0);
+        skipping them would make the number of noised steps depend on the sample and break
+        the accounting's assumption. Opacus' ``ew`` mode cannot run an empty batch through the
+        model, so the (empty) per-sample gradients are set directly; the optimizer then clips,
+        noises, scales by the expected batch size, steps, and its accountant counts the step.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.optimizer.params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        self.optimizer.step()
 
     def event(self, round: int) -> SampledGaussianEvent:
         """Return the privacy event of the steps actually taken, from the engine's accountant.
@@ -310,7 +315,9 @@ def make_private(
             f"privacy.grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, "
             f"got {grad_sample_mode!r}"
         )
-    engine = PrivacyEngine(accountant=plan.accountant, secure_mode=False)
+    # The engine's accountant only keeps the history of steps taken (PrivateTraining.event);
+    # the guarantee is composed by the ledger's accountant (plan.accountant), not by Opacus.
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     # Opacus' _prepare_data_loader builds the DPDataLoader with generator=engine.secure_rng,
     # which is None outside secure mode, so DPDataLoader would fall back to the original
     # loader's generator (normally None -> torch's global RNG). Setting secure_rng routes our

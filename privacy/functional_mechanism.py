@@ -8,6 +8,12 @@ mechanism on a vector of L1 sensitivity ``Delta``) the released objective is
 ``epsilon``-DP (pure, ``delta = 0``) for the whole dataset; minimising it, any number of
 times and from any starting point, is post-processing.
 
+The Laplace noise is not sampled in floating point, which Mironov's (2012) least-significant
+bit attack defeats: the coefficients are snapped to a power-of-two grid and the noise is an
+exact discrete Laplace draw on that grid from an integer source
+(:class:`privacy.laplace.SnappedLaplace`; the grid's rounding is paid for in the sensitivity,
+about 1%). The source is the OS's CSPRNG unless a user asks for reproducible noise.
+
 Neighbouring datasets differ in one record (replaced), as in FM; the sensitivities used
 also cover adding/removing one record (see :mod:`privacy.functional_objective`).
 """
@@ -15,7 +21,6 @@ also cover adding/removing one record (see :mod:`privacy.functional_objective`).
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -33,6 +38,7 @@ from privacy.functional_objective import (
     logistic_sensitivity_l2,
     minimise,
 )
+from privacy.laplace import IntegerSource, SeededSource, SnappedLaplace, make_source
 from privacy.ledger import PureDpEvent
 
 __all__ = [
@@ -49,31 +55,27 @@ FloatArray = npt.NDArray[np.float64]
 SENSITIVITY_BOUNDS = ("paper", "l2")
 
 
-def make_noise_generator(seed: int | None, *, secure: bool = False) -> np.random.Generator:
-    """The :class:`numpy.random.Generator` that draws the functional mechanism's noise.
+def make_noise_generator(seed: int | None, *, secure: bool = False) -> IntegerSource:
+    """The integer source that draws the functional mechanism's noise.
 
     Parameters
     ----------
     seed : int or None
         Seed; required unless ``secure``.
     secure : bool, default False
-        Seed from OS entropy (``secrets.randbits(128)``), deliberately not reproducible,
-        as :func:`privacy.rng.make_generator` does for torch.
-
-    Notes
-    -----
-    numpy's PCG64 is not a cryptographically secure generator, and Laplace samples drawn
-    in floating point are open to Mironov's (2012) least-significant-bit attack; neither
-    is mitigated here (no snapping mechanism). ``secure`` only makes the seed unguessable.
+        Draw from the OS's CSPRNG (:class:`privacy.laplace.SecureSource`), the setting every
+        privacy mode uses unless ``privacy.reproducible_noise``; the seed is then ignored.
+        ``False`` gives a :class:`privacy.laplace.SeededSource`: reproducible, and **no
+        guarantee** against anyone who knows the seed.
 
     """
     if secure:
-        return np.random.default_rng(secrets.randbits(128))
+        return make_source(None, reproducible=False)
     if seed is None:
         raise ValueError("privacy.seed must be set when secure mode is off, got None")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"privacy.seed must be a non-negative int, got {seed!r}")
-    return np.random.default_rng(seed)
+    return SeededSource(seed)
 
 
 @dataclass(frozen=True)
@@ -191,16 +193,22 @@ class FunctionalMechanism:
         """Exact (non-private) objective of this kind on normalised records."""
         return OBJECTIVES[self.kind].build(x, y)
 
+    def snapped(self, d: int, size: int) -> SnappedLaplace:
+        """The snapped Laplace mechanism releasing ``size`` coefficients of dimension ``d``."""
+        return SnappedLaplace(
+            epsilon=float(self.epsilon), sensitivity=self.sensitivity(d), dim=size
+        )
+
     def perturb(
-        self, objective: QuadraticObjective, generator: np.random.Generator
+        self, objective: QuadraticObjective, generator: IntegerSource
     ) -> QuadraticObjective:
-        """Release ``objective`` with ``Laplace(Delta/epsilon)`` on every coefficient, once.
+        """Release ``objective`` with Laplace noise of scale ``Delta/epsilon`` (snapped), once.
 
         Parameters
         ----------
         objective : QuadraticObjective
             Built by :meth:`objective` (or the registered builder) on normalised records.
-        generator : numpy.random.Generator
+        generator : IntegerSource
             Source of the noise (:func:`make_noise_generator`).
 
         Returns
@@ -210,15 +218,15 @@ class FunctionalMechanism:
             released).
 
         """
-        if not isinstance(generator, np.random.Generator):
+        if not callable(getattr(generator, "randbelow", None)):
             raise TypeError(
-                "generator must be a numpy.random.Generator (see make_noise_generator), "
-                f"got {type(generator).__name__}"
+                "generator must be an integer source with randbelow (see "
+                f"make_noise_generator), got {type(generator).__name__}"
             )
         d = objective.dim
         coef = objective.released_coefficients()
-        noise = generator.laplace(loc=0.0, scale=self.noise_scale(d), size=coef.shape)
-        return QuadraticObjective.from_released(coef + noise, d)
+        noisy = self.snapped(d, coef.size).release(coef, generator)
+        return QuadraticObjective.from_released(noisy, d)
 
     def event(self, round: int = 0) -> PureDpEvent:  # noqa: A002 - matches PureDpEvent.round
         """The ledger event of one release: ``PureDpEvent(epsilon, round)``."""
@@ -232,7 +240,7 @@ def fit_private(
     kind: str,
     epsilon: float,
     bounds: FeatureBounds,
-    generator: np.random.Generator,
+    generator: IntegerSource,
     ridge: float | None = None,
     target_bounds: TargetBounds | None = None,
     bound: str = "paper",
@@ -250,7 +258,7 @@ def fit_private(
         As in :class:`FunctionalMechanism`.
     bounds : FeatureBounds
         Public bounds that normalise ``x`` record by record.
-    generator : numpy.random.Generator
+    generator : IntegerSource
         Source of the Laplace noise (:func:`make_noise_generator`).
     ridge : float or None, default None
         Ridge of :func:`minimise`. ``None``: ``default_ridge`` of the mechanism, the noise

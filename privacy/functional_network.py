@@ -33,6 +33,7 @@ import numpy.typing as npt
 from privacy.functional_bounds import FeatureBounds
 from privacy.functional_mechanism import FunctionalMechanism, default_ridge
 from privacy.functional_objective import QuadraticObjective, minimise
+from privacy.laplace import IntegerSource
 from privacy.ledger import PureDpEvent
 
 __all__ = ["PublicFeatureNetwork"]
@@ -113,7 +114,7 @@ class PublicFeatureNetwork:
         y: npt.ArrayLike,
         *,
         epsilon: float,
-        generator: np.random.Generator,
+        generator: IntegerSource,
         num_classes: int = 2,
         ridge: float | None = None,
         bound: str = "paper",

@@ -8,26 +8,21 @@ of Google's ``dp_accounting`` and the ``history`` of Opacus' accountants.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import tempfile
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
-from opacus.accountants import create_accountant
+from privacy.accounting import NEIGHBOURING_RELATION, check_accountant, get_accountant
 
 __all__ = ["Event", "PrivacyLedger", "PureDpEvent", "SampledGaussianEvent", "write_atomically"]
 
-LEDGER_VERSION = 1
-
-# Accountants whose ``get_epsilon`` only reads the last history entry (Opacus'
-# GaussianAccountant), so they cannot compose heterogeneous events.
-_HOMOGENEOUS_ONLY = frozenset({"gdp"})
+LEDGER_VERSION = 2
+"""2: replace-one relation, dp_accounting PLD (1: Opacus accountants, add/remove-one)."""
 
 
 def write_atomically(path: str | os.PathLike[str], text: str) -> None:
@@ -119,11 +114,15 @@ class PureDpEvent:
         Privacy parameter of the release, >= 0.
     round : int
         Federated round the release happened in (metadata only).
+    mechanism : str
+        What was released (``functional``: the noisy objective; ``evaluation``: a noisy
+        validation statistic); metadata for the results tables.
 
     """
 
     epsilon: float
     round: int = 0
+    mechanism: str = ""
     kind: ClassVar[str] = "pure_dp"
 
     def __post_init__(self) -> None:
@@ -140,16 +139,7 @@ _EVENT_TYPES: dict[str, type[SampledGaussianEvent] | type[PureDpEvent]] = {
 }
 
 
-def _check_accountant(accountant: str) -> None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # GDP warns on construction; validation only
-            create_accountant(mechanism=accountant)
-    except ValueError:
-        raise ValueError(
-            "privacy.accountant must be a mechanism known to "
-            f"opacus.accountants.create_accountant (e.g. 'rdp', 'prv'), got {accountant!r}"
-        ) from None
+_check_accountant = check_accountant
 
 
 def _check_delta(delta: float) -> None:
@@ -157,32 +147,14 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"privacy.delta must be in (0, 1), got {delta}")
 
 
-@functools.lru_cache(maxsize=4096)
-def _accountant_epsilon(
-    accountant: str, delta: float, history: tuple[tuple[float, float, int], ...]
-) -> float:
-    """Epsilon of a sampled-Gaussian history from the Opacus accountant (memoised).
-
-    The value is a pure function of its arguments; clients with the same plan (and the
-    budget checks before and after each round) ask for the same histories again and again.
-    """
-    acc = create_accountant(mechanism=accountant)
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta))
-
-
 class PrivacyLedger:
     """Privacy events of one client over a run, composed into one ``(epsilon, delta)``.
 
     Composition
     -----------
-    * Sampled-Gaussian events are composed by an Opacus accountant from the registry
-      ``opacus.accountants.create_accountant(mechanism=accountant)`` ("rdp": RDP of the
-      sampled Gaussian, Mironov 2017 and Mironov, Talwar, Zhang 2019, converted to
-      ``(epsilon, delta)`` with Balle et al. 2020 Thm 21; "prv": Gopi, Lee, Wutschitz 2021
-      "Numerical Composition of Differential Privacy"; "gdp": Dong, Roth, Su 2019, Gaussian
-      DP, experimental in Opacus). The accountant's ``history`` is set to
-      ``[(noise_multiplier, sample_rate, steps), ...]`` and ``get_epsilon(delta)`` is called.
+    * Sampled-Gaussian events are composed by a registered accountant
+      (:mod:`privacy.accounting`; default ``pld``: dp_accounting's privacy loss distribution of
+      the Poisson subsampled Gaussian under replace-one, pessimistic, so an upper bound).
       Events with identical ``(noise_multiplier, sample_rate)`` are merged by summing steps
       (composition of the same mechanism, so exact), which keeps the history short and
       makes a plan's calibration reproduce exactly.
@@ -194,14 +166,14 @@ class PrivacyLedger:
     ----------
     delta : float
         Target delta, in (0, 1).
-    accountant : str, default "rdp"
-        Name of an Opacus accountant mechanism.
+    accountant : str, default "pld"
+        Name of a registered accountant (:data:`privacy.accounting.ACCOUNTANTS`).
     events : iterable of Event, default ()
         Events already spent.
 
     """
 
-    def __init__(self, delta: float, accountant: str = "rdp", events: Iterable[Event] = ()) -> None:
+    def __init__(self, delta: float, accountant: str = "pld", events: Iterable[Event] = ()) -> None:
         _check_delta(delta)
         _check_accountant(accountant)
         self._delta = float(delta)
@@ -217,7 +189,7 @@ class PrivacyLedger:
 
     @property
     def accountant(self) -> str:
-        """Name of the Opacus accountant used for sampled-Gaussian events."""
+        """Name of the accountant used for sampled-Gaussian events."""
         return self._accountant
 
     @property
@@ -253,13 +225,13 @@ class PrivacyLedger:
                 merged[key] = merged.get(key, 0) + e.steps
         if not merged:
             return pure
-        if len(merged) > 1 and self._accountant in _HOMOGENEOUS_ONLY:
-            raise ValueError(
-                f"privacy.accountant {self._accountant!r} can only compose events with one "
-                f"(noise_multiplier, sample_rate), got {sorted(merged)}"
-            )
         history = tuple(sorted((nm, q, steps) for (nm, q), steps in merged.items()))
-        return _accountant_epsilon(self._accountant, self._delta, history) + pure
+        return get_accountant(self._accountant).epsilon(history, self._delta) + pure
+
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation of the guarantee (``replace_one``: ``n`` is public)."""
+        return NEIGHBOURING_RELATION
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +239,7 @@ class PrivacyLedger:
         return {
             "version": LEDGER_VERSION,
             "accountant": self._accountant,
+            "neighbouring": NEIGHBOURING_RELATION,
             "delta": self._delta,
             "events": [{"kind": e.kind, **asdict(e)} for e in self._events],
         }
@@ -275,8 +248,20 @@ class PrivacyLedger:
     def from_dict(cls, d: dict[str, Any]) -> PrivacyLedger:
         """Inverse of :meth:`to_dict`; event types are dispatched on their ``kind``."""
         version = d.get("version")
+        if version == 1:
+            raise ValueError(
+                "ledger.version is 1: written by a fedpriv whose accountants assumed "
+                "add/remove-one neighbours while replies published the example count; its "
+                "spend cannot be re-stated under replace-one. Keep the file as a record and start a new ledger "
+                "only if that budget is accounted for elsewhere"
+            )
         if version != LEDGER_VERSION:
             raise ValueError(f"ledger.version must be {LEDGER_VERSION}, got {version!r}")
+        relation = d.get("neighbouring", NEIGHBOURING_RELATION)
+        if relation != NEIGHBOURING_RELATION:
+            raise ValueError(
+                f"ledger.neighbouring must be {NEIGHBOURING_RELATION!r}, got {relation!r}"
+            )
         events: list[Event] = []
         for raw in d.get("events", []):
             fields = dict(raw)

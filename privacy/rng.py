@@ -1,8 +1,11 @@
 """Random number generators for the privacy layer.
 
-Every noise or sampling draw in :mod:`privacy` takes an explicit :class:`torch.Generator`
-so that a run is reproducible from its seed (non-secure mode), and so that no draw silently
-falls back to torch's global RNG.
+Every noise or sampling draw in :mod:`privacy` takes an explicit :class:`torch.Generator`,
+so that no draw silently falls back to torch's global RNG. The privacy modes seed it from OS
+entropy (``secure=True``) unless a user sets ``privacy.reproducible_noise``: a generator seeded
+from the run config's seed is reproducible, and gives **no guarantee** against the server,
+which writes that seed. :func:`derive_seed` serves reproducible runs and the simulation of
+participants, never a secret draw.
 """
 
 from __future__ import annotations

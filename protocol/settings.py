@@ -55,8 +55,9 @@ class RunSettings:
     privacy_target_epsilon: float = _f("privacy.target_epsilon", 4.0)
     privacy_delta: float = _f("privacy.delta", 1e-5)
     privacy_max_grad_norm: float = _f("privacy.max_grad_norm", 1.0)
-    privacy_accountant: str = _f("privacy.accountant", "rdp")
-    privacy_secure_rng: bool = _f("privacy.secure_rng", False)
+    privacy_accountant: str = _f("privacy.accountant", "pld")
+    privacy_reproducible_noise: bool = _f("privacy.reproducible_noise", False)
+    privacy_eval_epsilon: float = _f("privacy.eval_epsilon", 0.0)
     privacy_grad_sample_mode: str = _f("privacy.grad_sample_mode", "ew")
     privacy_functional_bound: str = _f("privacy.functional_bound", "l2")
     privacy_functional_steps: int = _f("privacy.functional_steps", 0)
@@ -64,7 +65,7 @@ class RunSettings:
     num_clients: int = _f("federation.num_clients", 3)
     num_rounds: int = _f("federation.rounds", 3)
     fraction_train: float = _f("federation.fraction_train", 1.0)
-    fraction_evaluate: float = _f("federation.fraction_evaluate", 1.0)
+    fraction_evaluate: float = _f("federation.fraction_evaluate", 0.0)
     local_epochs: int = _f("federation.local_epochs", 1)
     batch_size: int = _f("federation.batch_size", 32)
     learning_rate: float = _f("federation.learning_rate", 0.5)
@@ -91,6 +92,21 @@ class RunSettings:
     round_timeout: float = _f("federation.round_timeout", 600.0)
     min_replies: int = _f("federation.min_replies", 1)
     resume_dir: str = _f("resume", "")
+
+    @property
+    def evaluations_planned(self) -> int:
+        """Federated evaluations a client may release: one per round when evaluation is on."""
+        on = self.privacy_mode != "none" and self.fraction_evaluate > 0
+        return self.num_rounds if on and self.privacy_eval_epsilon > 0 else 0
+
+    @property
+    def training_epsilon(self) -> float:
+        """The part of ``privacy.target_epsilon`` that training may spend.
+
+        The rest, ``privacy.eval_epsilon`` for each planned evaluation, is kept for the noisy
+        validation accuracies (basic composition: the epsilons add up to the target).
+        """
+        return self.privacy_target_epsilon - self.evaluations_planned * self.privacy_eval_epsilon
 
     # ------------------------------------------------------------------ conversion
     @staticmethod
@@ -144,6 +160,21 @@ class RunSettings:
             eps = self.privacy_target_epsilon
             self._require("privacy_target_epsilon", math.isfinite(eps) and eps > 0, "must be > 0")
             self._require("privacy_delta", 0 < self.privacy_delta < 1, "must be in (0, 1)")
+            ev = self.privacy_eval_epsilon
+            self._require("privacy_eval_epsilon", math.isfinite(ev) and ev >= 0, "must be >= 0")
+            self._require(
+                "fraction_evaluate",
+                self.fraction_evaluate == 0 or ev > 0,
+                "must be 0 under a DP privacy.mode unless privacy.eval_epsilon > 0 (federated "
+                "evaluation releases statistics of the clients' private validation data; with "
+                "privacy.eval_epsilon > 0 each evaluation releases a noisy accuracy, accounted)",
+            )
+            self._require(
+                "privacy_eval_epsilon",
+                self.training_epsilon > 0,
+                f"times federation.rounds={self.num_rounds} must stay below "
+                f"privacy.target_epsilon={self.privacy_target_epsilon:g} (the rest trains)",
+            )
         self._require(
             "privacy_functional_bound",
             self.privacy_functional_bound in FUNCTIONAL_BOUNDS,

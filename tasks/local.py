@@ -11,6 +11,9 @@ objective).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from privacy import (
     would_exceed,
 )
 from privacy.dpsgd import DpSgdPlan
+from privacy.ledger import write_atomically
 from protocol.settings import RunSettings
 from tasks.models import get_weights
 from tasks.partition import ClientData
@@ -54,7 +58,7 @@ class MemoryLedgerStore:
     ``load`` returns a copy, as a store on disk would; ``saves`` counts the saves.
     """
 
-    def __init__(self, delta: float, accountant: str = "rdp") -> None:
+    def __init__(self, delta: float, accountant: str = "pld") -> None:
         self.ledger = PrivacyLedger(delta=delta, accountant=accountant)
         self.saves = 0
 
@@ -77,6 +81,10 @@ class LocalTask:
     state : dict
         The client's state across rounds, JSON-able values only; the ClientApp keeps it in
         the node's state (``context.state``). Modes read and write their own keys.
+    seed : int
+        Derived from the run config's seed; the privacy modes use it for noise **only** when
+        ``privacy.reproducible_noise`` is true (no guarantee against whoever knows the
+        seed); otherwise every noise draw and sampling mask comes from OS entropy.
     partition_id : int
         The client's partition (seeds draws that must not depend on the round).
     state_dir : Path or None
@@ -103,6 +111,8 @@ class LocalResult:
     weights: dict[str, np.ndarray] | None
     num_examples: int
     train_loss: float
+    """The raw training loss: computed from private data, so only ``privacy.mode=none`` sets
+    it (NaN otherwise, and a NaN is never sent)."""
     epsilon: float
     reason: str = ""
     seconds: float = 0.0
@@ -110,6 +120,9 @@ class LocalResult:
     """Functional mechanism with ``privacy.functional_aggregation=objective``: the released
     noisy objectives (:func:`privacy.functional.objectives_to_arrays`), sent beside the
     weights under ``protocol.keys.FM_OBJECTIVES``."""
+    train_loss_dp: float = float("nan")
+    """A loss computed only from a mechanism's release (post-processing), e.g. the functional
+    mechanism's noisy objective at the new weights; sent as ``train-loss-dp``."""
 
 
 Mode = Callable[[LocalTask], LocalResult]
@@ -152,12 +165,53 @@ def train_plain(task: LocalTask) -> LocalResult:
     )
 
 
+def noise_secret(task: LocalTask) -> bool:
+    """Whether this task's noise is secret (OS entropy) rather than derived from the seed."""
+    return not task.settings.privacy_reproducible_noise
+
+
+def plan_file(state_dir: Path, partition_id: int) -> Path:
+    """Where a client's DP-SGD plans lie on disk: beside its ledger."""
+    return state_dir / f"dpsgd-plan-client-{partition_id}.json"
+
+
+def plan_key(task: LocalTask) -> str:
+    """What identifies a plan: the run and every setting its calibration reads but rounds.
+
+    The run is its output directory (the same on resume); ``federation.rounds`` is left out
+    so that a resumed run with more rounds finds the plan its released rounds used.
+    """
+    s = task.settings
+    fields = [
+        s.output_dir,
+        s.privacy_target_epsilon,
+        s.training_epsilon,
+        s.privacy_delta,
+        len(task.data.y_train),
+        s.batch_size,
+        s.local_epochs,
+        s.privacy_accountant,
+    ]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
 def dpsgd_plan(task: LocalTask) -> DpSgdPlan:
-    """The client's DP-SGD plan: noise calibrated once for the whole run, then reused."""
-    if "plan" not in task.state:
+    """The client's DP-SGD plan: noise calibrated once for the whole run, then reused.
+
+    Stored in node state and, when the node has a directory, beside the ledger
+    (:func:`plan_file`, written atomically), so that it survives restarts and ``resume=``:
+    raising ``federation.rounds`` on resume never re-plans the noise of a run whose rounds
+    were already released; the extra rounds are declined once the budget is spent.
+    """
+    key = plan_key(task)
+    path = plan_file(task.state_dir, task.partition_id) if task.state_dir is not None else None
+    plans: dict[str, Any] = dict(task.state.get("plans", {}))
+    if path is not None and path.exists():
+        plans.update(json.loads(path.read_text(encoding="utf-8")))
+    if key not in plans:
         s = task.settings
         plan = plan_dpsgd(
-            target_epsilon=s.privacy_target_epsilon,
+            target_epsilon=s.training_epsilon,
             delta=s.privacy_delta,
             n_train=len(task.data.y_train),
             batch_size=s.batch_size,
@@ -165,8 +219,11 @@ def dpsgd_plan(task: LocalTask) -> DpSgdPlan:
             rounds=s.num_rounds,
             accountant=s.privacy_accountant,
         )
-        task.state["plan"] = dataclasses.asdict(plan)
-    return DpSgdPlan(**task.state["plan"])
+        plans[key] = dataclasses.asdict(plan)
+        if path is not None:
+            write_atomically(path, json.dumps(plans, indent=2, sort_keys=True))
+    task.state["plans"] = plans
+    return DpSgdPlan(**plans[key])
 
 
 @register_mode("dpsgd")
@@ -176,6 +233,12 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
     The noise multiplier is calibrated once (for every round the client may take part in);
     each round's sampled-Gaussian event is appended to the client's persistent ledger, and a
     round that would take the ledger past ``privacy.target_epsilon`` is declined, not run.
+
+    What leaves: the noised weights (the mechanism's output) and public facts (``n``, the
+    ledger's epsilon). The raw training loss is not returned (:attr:`LocalResult.train_loss`
+    stays NaN). Noise and Poisson masks come from OS entropy, fresh for every session
+    (so a round trained twice, e.g. after ``resume=``, gets fresh noise and a second ledger
+    event), unless ``privacy.reproducible_noise`` (no guarantee).
     """
     s = task.settings
     plan = dpsgd_plan(task)
@@ -190,7 +253,8 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
             f"declined: round {task.server_round} would take epsilon from "
             f"{ledger.epsilon():.4g} past the budget {s.privacy_target_epsilon:g}",
         )
-    gen = make_generator(task.seed, secure=s.privacy_secure_rng)
+    secure = noise_secret(task)
+    gen = make_generator(None if secure else task.seed, secure=secure)
     loader = make_loader(task.data.x_train, task.data.y_train, s.batch_size, gen)
     private = make_private(
         model=task.model,
@@ -199,18 +263,23 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
         plan=plan,
         max_grad_norm=s.privacy_max_grad_norm,
         generator=gen,
-        secure=s.privacy_secure_rng,
+        secure=secure,
         grad_sample_mode=s.privacy_grad_sample_mode,
     )
     start = time.perf_counter()
-    stats = train_epochs(
-        private.module, private.data_loader, private.optimizer, s.local_epochs, task.device
+    train_epochs(
+        private.module,
+        private.data_loader,
+        private.optimizer,
+        s.local_epochs,
+        task.device,
+        empty_step=private.empty_step,
     )
     seconds = time.perf_counter() - start
     ledger.record(private.event(task.server_round))
     task.ledger.save(ledger)
     weights = {k: v.detach().cpu().numpy().copy() for k, v in private.plain_state_dict().items()}
-    return LocalResult(weights, n, stats.loss, ledger.epsilon(), "", seconds)
+    return LocalResult(weights, n, math.nan, ledger.epsilon(), "", seconds)
 
 
 # The functional mechanism's mode lives in tasks/local_functional.py; importing it registers

@@ -48,7 +48,7 @@ FUNCTIONAL_HEAD = "head.weight"
 def functional_mechanism(settings: RunSettings, kind: str, outputs: int) -> FunctionalMechanism:
     """The mechanism of one head row: one-vs-rest heads share ``privacy.target_epsilon``."""
     return FunctionalMechanism(
-        epsilon=settings.privacy_target_epsilon / outputs,
+        epsilon=settings.training_epsilon / outputs,
         kind=kind,
         bound=settings.privacy_functional_bound,
     )
@@ -142,7 +142,7 @@ def train_functional(task: LocalTask) -> LocalResult:
         "model": s.model_name,
         "kind": mech.kind,
         "bound": mech.bound,
-        "epsilon": float(s.privacy_target_epsilon),
+        "epsilon": float(s.training_epsilon),
         "dim": dim,
         "outputs": outputs,
         "num_examples": n,
@@ -151,7 +151,9 @@ def train_functional(task: LocalTask) -> LocalResult:
     release = _load_release(task)
     if release is None:
         ledger = task.ledger.load()
-        event = PureDpEvent(epsilon=float(s.privacy_target_epsilon), round=task.server_round)
+        event = PureDpEvent(
+            epsilon=float(s.training_epsilon), round=task.server_round, mechanism="functional"
+        )
         if ledger.epsilon_if(event) > s.privacy_target_epsilon * (1 + 1e-9):
             return LocalResult(
                 None,
@@ -164,8 +166,9 @@ def train_functional(task: LocalTask) -> LocalResult:
             )
         feats = model.fm_features(task.data.x_train)
         targets = model.fm_targets(task.data.y_train)
+        # Secret by default: OS entropy (CSPRNG), never the run seed; see make_noise_generator.
         generator = make_noise_generator(
-            derive_seed(s.seed, task.partition_id, 0xF0C7), secure=s.privacy_secure_rng
+            derive_seed(s.seed, task.partition_id, 0xF0C7), secure=not s.privacy_reproducible_noise
         )
         noisy = [mech.perturb(mech.objective(feats, t), generator) for t in targets]
         ledger.record(event)
@@ -206,5 +209,12 @@ def train_functional(task: LocalTask) -> LocalResult:
         else None
     )
     return LocalResult(
-        get_weights(model), n, float(loss), task.ledger.load().epsilon(), "", seconds, release
+        get_weights(model),
+        n,
+        float("nan"),
+        task.ledger.load().epsilon(),
+        "",
+        seconds,
+        release,
+        train_loss_dp=float(loss),
     )

@@ -6,7 +6,7 @@ targets, ``num_classes == 0``) uses the mean squared error, and its accuracy is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,13 +60,22 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     epochs: int,
     device: torch.device,
+    empty_step: Callable[[], None] | None = None,
 ) -> TrainStats:
-    """Run ``epochs`` passes of SGD (cross-entropy, or MSE for float targets); mean step loss."""
+    """Run ``epochs`` passes of SGD (cross-entropy, or MSE for float targets); mean step loss.
+
+    ``empty_step`` is called for an empty batch (Poisson sampling can draw one): DP-SGD still
+    takes its noised step there (:meth:`privacy.dpsgd.PrivateTraining.empty_step`), as the
+    accounting assumes; without it an empty batch is skipped.
+    """
     model.train()
     total, steps, seen = 0.0, 0, 0
     for _ in range(epochs):
         for xb, yb in loader:
-            if len(yb) == 0:  # Poisson sampling can draw an empty batch
+            if len(yb) == 0:
+                if empty_step is not None:
+                    empty_step()
+                    steps += 1
                 continue
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)

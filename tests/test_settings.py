@@ -48,7 +48,7 @@ def test_run_config_round_trip_of_non_defaults() -> None:
         model_name="cnn",
         privacy_target_epsilon=2.5,
         privacy_delta=1e-6,
-        privacy_secure_rng=True,
+        privacy_reproducible_noise=True,
         num_clients=5,
         fraction_evaluate=0.0,
         partitioner="dirichlet",
@@ -57,7 +57,7 @@ def test_run_config_round_trip_of_non_defaults() -> None:
     )
     back = RunSettings.from_run_config(s.to_run_config())
     assert back == s
-    assert back.privacy_secure_rng is True
+    assert back.privacy_reproducible_noise is True
 
 
 def test_run_config_keys_use_dashes() -> None:
@@ -172,12 +172,15 @@ def test_int_for_float_field_becomes_float() -> None:
     ("text", "expected"), [("true", True), ("false", False), ("True", True), ("FALSE", False)]
 )
 def test_bool_from_string(text: str, expected: bool) -> None:
-    assert RunSettings.from_run_config({"privacy-secure-rng": text}).privacy_secure_rng is expected
+    assert (
+        RunSettings.from_run_config({"privacy-reproducible-noise": text}).privacy_reproducible_noise
+        is expected
+    )
 
 
 def test_bool_from_other_value_names_the_key() -> None:
-    with pytest.raises(ValueError, match=r"privacy\.secure_rng must be true or false"):
-        RunSettings.from_run_config({"privacy-secure-rng": "yes"})
+    with pytest.raises(ValueError, match=r"privacy\.reproducible_noise must be true or false"):
+        RunSettings.from_run_config({"privacy-reproducible-noise": "yes"})
 
 
 # ---------------------------------------------------------------------- pyproject defaults

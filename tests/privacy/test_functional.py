@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from privacy import PrivacyLedger, PureDpEvent
 from privacy.functional import (
@@ -164,11 +163,17 @@ def test_noise_is_laplace_with_scale_delta_over_epsilon(kind: str, bound: str) -
     b = mech.sensitivity(d) / eps
     assert mech.noise_scale(d) == b
     zero = QuadraticObjective(np.zeros(d), np.zeros((d, d)))
-    gen = np.random.default_rng(1)
+    gen = make_noise_generator(1)
     released = [mech.perturb(zero, gen) for _ in range(draws)]
     assert all(r.c == 0.0 for r in released)  # the constant is not released
     noise = np.stack([r.released_coefficients() for r in released])
     assert noise.shape == (draws, 9)
+    # snapped (Mironov 2012): every coefficient lies on the power-of-two grid, and the grid's
+    # rounding costs at most 1.5% of the scale
+    snapped = mech.snapped(d, 9)
+    assert np.all(noise / snapped.gamma == np.rint(noise / snapped.gamma))
+    assert b <= snapped.noise_scale <= 1.015 * b
+    b = snapped.noise_scale
     # every released monomial coefficient (alpha, M_jj and 2 M_jk) carries Laplace(b): var 2 b^2
     assert noise.var() == pytest.approx(2 * b**2, rel=0.04)
     assert np.abs(noise).mean() == pytest.approx(b, rel=0.03)  # E|Laplace(b)| = b, not 1/b
@@ -177,14 +182,14 @@ def test_noise_is_laplace_with_scale_delta_over_epsilon(kind: str, bound: str) -
     assert np.all((per_coef > 0.85) & (per_coef < 1.15))
 
 
-def test_perturb_keeps_m_symmetric_and_needs_numpy_generator() -> None:
+def test_perturb_keeps_m_symmetric_and_needs_an_integer_source() -> None:
     mech = FunctionalMechanism(0.5, "linear")
     rng = np.random.default_rng(0)
     x = _records(rng, _bounds(4), 30)
-    noisy = mech.perturb(mech.objective(x, rng.uniform(-1, 1, 30)), rng)
+    noisy = mech.perturb(mech.objective(x, rng.uniform(-1, 1, 30)), make_noise_generator(0))
     np.testing.assert_array_equal(noisy.M, noisy.M.T)
-    with pytest.raises(TypeError, match="numpy.random.Generator"):
-        mech.perturb(noisy, torch.Generator())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="integer source"):
+        mech.perturb(noisy, rng)  # type: ignore[arg-type]
 
 
 def test_mechanism_validates_settings() -> None:
@@ -200,11 +205,15 @@ def test_mechanism_validates_settings() -> None:
 
 
 def test_noise_generator() -> None:
-    a = make_noise_generator(3).laplace(size=4)
-    np.testing.assert_array_equal(a, make_noise_generator(3).laplace(size=4))
-    s1 = make_noise_generator(None, secure=True).laplace(size=4)
-    s2 = make_noise_generator(3, secure=True).laplace(size=4)
-    assert not np.array_equal(s1, s2) and not np.array_equal(s2, a)
+    def draw(source) -> list[int]:
+        return [source.randbelow(2**62) for _ in range(4)]
+
+    a = draw(make_noise_generator(3))
+    assert a == draw(make_noise_generator(3))
+    s1 = draw(make_noise_generator(None, secure=True))
+    s2 = draw(make_noise_generator(3, secure=True))  # secure ignores the seed
+    assert s1 != s2 and s2 != a
+    assert make_noise_generator(3, secure=True).secret and not make_noise_generator(3).secret
     with pytest.raises(ValueError, match=r"privacy\.seed must be set .*got None"):
         make_noise_generator(None)
     with pytest.raises(ValueError, match="got -2"):
