@@ -252,8 +252,8 @@ class PrivacyLedger:
             raise ValueError(
                 "ledger.version is 1: written by a fedpriv whose accountants assumed "
                 "add/remove-one neighbours while replies published the example count; its "
-                "spend cannot be re-stated under replace-one. Keep the file as a record and start a new ledger "
-                "only if that budget is accounted for elsewhere"
+                "spend cannot be re-stated under replace-one. Keep the file as a record and "
+                "start a new ledger only if that budget is accounted for elsewhere"
             )
         if version != LEDGER_VERSION:
             raise ValueError(f"ledger.version must be {LEDGER_VERSION}, got {version!r}")
