@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from experiments.run import run_federation
-from privacy import make_generator, make_private, plan_dpsgd
+from privacy import PrivacyLedger, make_generator, make_private, plan_dpsgd
 from protocol.settings import RunSettings
 from tasks.datasets import load_dataset
 from tasks.models import ModelSpec, build_model
@@ -50,12 +50,13 @@ def centralised(settings: RunSettings) -> tuple[float, float, float]:
         batch_size=settings.batch_size,
         local_epochs=epochs,
         rounds=1,
+        accountant=settings.privacy_accountant,
     )
     spec = ModelSpec(
         settings.model_name, bundle.input_shape, bundle.num_classes, hidden=settings.model_hidden
     )
     model = build_model(spec, settings.seed)
-    gen = make_generator(settings.seed)
+    gen = make_generator(None, secure=True)
     pt = make_private(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=settings.learning_rate),
@@ -63,15 +64,24 @@ def centralised(settings: RunSettings) -> tuple[float, float, float]:
         plan=plan,
         max_grad_norm=settings.privacy_max_grad_norm,
         generator=gen,
+        secure=not settings.privacy_reproducible_noise,
         grad_sample_mode=settings.privacy_grad_sample_mode,
     )
     start = time.perf_counter()
     for epoch in range(epochs):
-        train_epochs(pt.module, pt.data_loader, pt.optimizer, 1, torch.device("cpu"))
+        train_epochs(
+            pt.module,
+            pt.data_loader,
+            pt.optimizer,
+            1,
+            torch.device("cpu"),
+            empty_step=pt.empty_step,
+        )
         _, acc = evaluate(model, bundle.x_test, bundle.y_test, torch.device("cpu"))
         print(f"  centralised epoch {epoch + 1}/{epochs}: test accuracy {acc:.4f}", flush=True)
     seconds = time.perf_counter() - start
-    eps = pt.engine.accountant.get_epsilon(settings.privacy_delta)
+    ledger = PrivacyLedger(settings.privacy_delta, plan.accountant, [pt.event(epochs)])
+    eps = ledger.epsilon()
     return acc, eps, seconds
 
 
@@ -86,6 +96,7 @@ def main() -> None:
     ap.add_argument("--model", default="dpcnn")
     ap.add_argument("--hidden", type=int, default=32, help="model.hidden")
     ap.add_argument("--skip-central", action="store_true")
+
     ap.add_argument("--out", default=f"outputs/bench-mnist-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args()
 

@@ -83,6 +83,7 @@ def run_size(num_clients: int, rounds: int, out: Path, extra: list[str]) -> dict
         f"federation.num_clients={num_clients}",
         "federation.fraction_train=0.1",
         "federation.fraction_evaluate=0.1",
+        "privacy.eval_epsilon=0.1",  # federated evaluation under DP: noisy accuracy, accounted
         f"federation.rounds={rounds}",
         *extra,
     ]

@@ -148,7 +148,11 @@ def test_functional_release_minus_noise_derived_from_the_config_is_not_the_objec
 
 
 def test_two_federations_with_the_same_seed_differ_unless_noise_is_reproducible() -> None:
-    from bench._inprocess import run_rounds
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from _inprocess import run_rounds
+
     from fl_server.strategies import make_strategy
 
     def federation(settings: RunSettings) -> dict[str, np.ndarray]:

@@ -145,6 +145,10 @@ def test_resume_with_more_rounds_does_not_raise_the_budget(resumed) -> None:
     assert last["participants"] == 0 and last["declined"] == 3
     assert bool(last["kept_previous_model"]) and "declined" in last["kept_reason"]
     assert metrics["epsilon_max"].max() <= TARGET
+    # the stored plan was used across both resumes: one noise multiplier per client, never
+    # re-planned for the larger federation.rounds
+    privacy = pd.read_csv(out / "privacy.csv")
+    assert not privacy["noise_multipliers"].astype(str).str.contains(";").any()
 
 
 @pytest.mark.parametrize(
