@@ -17,7 +17,49 @@ from flwr.app import Message, MetricRecord
 
 from protocol import keys
 from protocol.records import from_record
-from reliability import validate_count, validate_update
+from reliability import NumberRule, parse_numbers, validate_count, validate_update
+
+MAX_EXAMPLES = 2**40
+"""No client holds more records than this; larger claims are rejected outright (the round's
+median then caps what is left, see :data:`COUNT_CAP_FACTOR`)."""
+MAX_PARTITION_ID = 2**31 - 1
+MAX_REASON = 500
+"""A reply's reason text is kept to this many characters in the results tables."""
+
+TRAIN_RULES: dict[str, NumberRule] = {
+    keys.NUM_EXAMPLES: NumberRule(integer=True, low=0, high=MAX_EXAMPLES),
+    keys.PARTITION_ID: NumberRule(integer=True, low=0, high=MAX_PARTITION_ID),
+    keys.EPSILON: NumberRule(low=0, allow_inf=True),
+    keys.DELTA: NumberRule(low=0, high=1, required=False),
+    keys.DECLINED: NumberRule(integer=True, low=0, high=1, required=False),
+    keys.TRAIN_SECONDS: NumberRule(low=0, allow_nan=True, required=False),
+    keys.TRAIN_LOSS: NumberRule(allow_nan=True, required=False),
+    keys.TRAIN_LOSS_DP: NumberRule(allow_nan=True, required=False),
+}
+"""Every number a train reply may carry, and what it must be: one parser for all of them
+(:func:`reliability.parse_numbers`), so a hostile value is a rejection with its reason, never
+an exception."""
+
+EVALUATE_RULES: dict[str, NumberRule] = {
+    keys.NUM_EXAMPLES: NumberRule(integer=True, low=0, high=MAX_EXAMPLES),
+    keys.PARTITION_ID: NumberRule(integer=True, low=0, high=MAX_PARTITION_ID, required=False),
+    keys.EPSILON: NumberRule(low=0, allow_inf=True, required=False),
+    keys.DECLINED: NumberRule(integer=True, low=0, high=1, required=False),
+    keys.VAL_LOSS: NumberRule(allow_nan=True, required=False),
+    keys.VAL_ACCURACY: NumberRule(low=0, high=1, allow_nan=True, required=False),
+    keys.VAL_ACCURACY_DP: NumberRule(low=0, high=1, required=False),
+    keys.VAL_LOSS_DP: NumberRule(low=0, required=False),
+}
+"""Every number an evaluate reply may carry."""
+
+COUNT_CAP_FACTOR = 10.0
+"""A trained reply's example count is capped at this many times the median count of the round's
+other usable replies (:func:`reliability.cap_counts`): honest partitions up to 10x the median
+keep their full FedAvg weight, and a client claiming 10^12 examples weighs as if it held 10x
+the median."""
+NORM_OUTLIER_FACTOR = 10.0
+"""A trained update whose L2 norm exceeds this many times the median norm of the round's other
+usable updates (with 3 or more) is rejected (:func:`reliability.norm_outliers`)."""
 
 Weights = dict[str, np.ndarray]
 
@@ -50,6 +92,7 @@ class RoundLog:
     kept_previous_model: bool = False
     kept_reason: str = ""
     sampled: list[int] = field(default_factory=list)
+    connected: set[int] = field(default_factory=set)
     sent: list[Message] = field(default_factory=list, repr=False)
     val_loss: float = float("nan")
     val_accuracy: float = float("nan")
@@ -59,14 +102,6 @@ class RoundLog:
 
 class NoClientSucceededError(RuntimeError):
     """Raised when every sampled client of a round failed."""
-
-
-def metric_number(record: MetricRecord, key: str, default: float) -> float:
-    """A scalar entry of a MetricRecord (lists are not expected here)."""
-    value = record.get(key, default)
-    if isinstance(value, list):
-        raise ValueError(f"metric {key!r} must be a scalar, got a list")
-    return float(value)
 
 
 def parse_reply(
@@ -82,31 +117,36 @@ def parse_reply(
     if metrics is None:
         out.status, out.reason = "rejected", f"reply has no '{keys.METRICS}' record"
         return out, None
-    try:
-        out.partition_id = int(metric_number(metrics, keys.PARTITION_ID, -1))
-        if out.partition_id < 0:
-            raise ValueError(f"'{keys.PARTITION_ID}' must be an id >= 0, got {out.partition_id}")
-        out.num_examples = int(metric_number(metrics, keys.NUM_EXAMPLES, 0))
-        out.epsilon = metric_number(metrics, keys.EPSILON, float("nan"))
-        out.train_loss = metric_number(metrics, keys.TRAIN_LOSS, float("nan"))
-        out.train_loss_dp = metric_number(metrics, keys.TRAIN_LOSS_DP, float("nan"))
-        out.train_seconds = metric_number(metrics, keys.TRAIN_SECONDS, float("nan"))
-        declined = int(metric_number(metrics, keys.DECLINED, 0))
-    except (TypeError, ValueError) as err:
-        out.status, out.reason = "rejected", f"malformed metrics: {err}"
+    values, problem = parse_numbers(metrics, TRAIN_RULES)
+    if problem:
+        out.status, out.reason = "rejected", f"malformed metrics: {problem}"
         return out, None
+    out.partition_id = int(values[keys.PARTITION_ID])
+    out.num_examples = int(values[keys.NUM_EXAMPLES])
+    out.epsilon = values[keys.EPSILON]
+    out.train_loss = values[keys.TRAIN_LOSS]
+    out.train_loss_dp = values[keys.TRAIN_LOSS_DP]
+    out.train_seconds = values[keys.TRAIN_SECONDS]
+    declined = values[keys.DECLINED] == 1
     status = content.config_records.get(keys.STATUS)
-    out.reason = str(status.get(keys.REASON, "")) if status is not None else ""
+    out.reason = str(status.get(keys.REASON, ""))[:MAX_REASON] if status is not None else ""
     if declined:
         out.status = "declined"
         return out, None
     if keys.ARRAYS not in content.array_records:
         out.status, out.reason = "rejected", f"reply has no '{keys.ARRAYS}' record"
         return out, None
-    weights = from_record(content.array_records[keys.ARRAYS])
-    problem = validate_count(out.num_examples) or validate_update(weights, reference)
-    if problem:
-        out.status, out.reason = "rejected", problem
+    try:
+        weights = from_record(content.array_records[keys.ARRAYS])
+    except Exception as err:  # a hostile record must not end the round
+        out.status, out.reason = (
+            "rejected",
+            f"unreadable '{keys.ARRAYS}' record ({type(err).__name__})",
+        )
+        return out, None
+    bad = validate_count(out.num_examples) or validate_update(weights, reference)
+    if bad:
+        out.status, out.reason = "rejected", bad
         return out, None
     out.status = "trained"
     return out, weights

@@ -36,14 +36,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from protocol import keys
 from protocol.records import from_record, to_record
-from reliability import RoundInput
+from reliability import RoundInput, cap_counts, norm_outliers, parse_numbers, update_norm
 
 from .replies import (
+    COUNT_CAP_FACTOR,
+    EVALUATE_RULES,
+    NORM_OUTLIER_FACTOR,
     ClientOutcome,
     NoClientSucceededError,
     RoundLog,
     Weights,
-    metric_number,
     parse_reply,
     train_metrics,
 )
@@ -89,6 +91,8 @@ class FedPrivMixin(Resumable):
         self.rounds: dict[int, RoundLog] = {}
         self.current: ArrayRecord | None = None
         self.client_epsilon: dict[int, float] = {}
+        self.partition_node: dict[int, int] = {}  # partition id -> the node bound to it
+        self.node_partition: dict[int, int] = {}  # node id -> its partition id
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
@@ -132,6 +136,7 @@ class FedPrivMixin(Resumable):
         self.current = arrays
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         self.rounds[server_round].sampled = list(nodes)
+        self.rounds[server_round].connected = set(grid.get_node_ids())
         # kept so that replies can be matched to their node by message id (see aggregate_train)
         sent = self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
         self.rounds[server_round].sent = sent
@@ -153,32 +158,37 @@ class FedPrivMixin(Resumable):
         """Validate and record replies, then aggregate the usable ones (None keeps the model)."""
         log = self.rounds.setdefault(server_round, RoundLog())
         reference = from_record(self.current) if self.current is not None else {}
-        usable: list[tuple[ClientOutcome, Weights, Message]] = []
-        seen: set[int] = set()
+        parsed: list[tuple[ClientOutcome, Weights | None, Message]] = []
         answered: set[int] = set()
         # The grid sets each sent message's id when it pushes it. A reply the SuperLink makes
         # for an unreachable node carries the SuperLink's id as its source, not the node's:
         # match it to its node through the id of the message it answers, so that the node is
         # counted once (failed), not twice (failed, then silent).
-        destination = {m.metadata.message_id: m.metadata.dst_node_id for m in log.sent}
+        destination = {
+            m.metadata.message_id: m.metadata.dst_node_id for m in log.sent if m.metadata.message_id
+        }
         for msg in replies:
             outcome, weights = parse_reply(server_round, msg, reference)
             target = destination.get(msg.metadata.reply_to_message_id)
             if target is not None and outcome.node_id not in log.sampled:
                 outcome.node_id = int(target)
             log.outcomes.append(outcome)
-            answered.add(outcome.node_id)
-            if weights is not None and outcome.partition_id in seen:
+            if destination and target is None:  # this round sent messages; not a reply to one
                 outcome.status = "rejected"
-                outcome.reason = f"duplicate partition-id {outcome.partition_id} in this round"
+                outcome.reason = "reply to a message this round did not send (dropped)"
                 continue
-            if weights is not None and (problem := self._epsilon_fell(outcome)):
+            answered.add(outcome.node_id)
+            parsed.append((outcome, weights, msg))
+        accepted = self._bind_partitions(parsed, log)
+        usable = [(o, w, m) for o, w, m in accepted if w is not None]
+        for outcome, _, _ in usable:
+            if problem := self._epsilon_fell(outcome):
                 outcome.status, outcome.reason = "rejected", problem
-                continue
-            if weights is not None:
-                seen.add(outcome.partition_id)
-                usable.append((outcome, weights, msg))
-        self._remember_epsilon(log.outcomes)
+        usable = self._screen(
+            [(o, w, m) for o, w, m in usable if o.status == "trained"],
+            reference,  # type: ignore[misc]
+        )
+        self._commit([o for o, _, _ in accepted])
         if log.outcomes and all(o.status == "failed" for o in log.outcomes):
             reasons = "; ".join(sorted({o.reason for o in log.outcomes}))
             raise NoClientSucceededError(
@@ -214,6 +224,90 @@ class FedPrivMixin(Resumable):
                 arrays, log.kept_reason = None, "the aggregate was not finite"  # never publish
         log.kept_previous_model = arrays is None
         return arrays, train_metrics(log)
+
+    def _bind_partitions(
+        self, parsed: list[tuple[ClientOutcome, Weights | None, Message]], log: RoundLog
+    ) -> list[tuple[ClientOutcome, Weights | None, Message]]:
+        """Bind each partition id to one node; reject replies that claim another's.
+
+        A partition id is self-declared, so the first node whose reply for it is accepted
+        (trained and usable, or declined; :meth:`_commit`) is bound to it, and the node to
+        the id; a later reply for that id from another node, or
+        from that node for another id, is rejected while the bound node is still connected
+        (a restarted node that comes back with a new node id rebinds). Two nodes claiming an
+        unbound id in one round are both rejected. Failed replies carry no id and pass.
+        """
+        claims: dict[int, set[int]] = {}
+        for o, _, _ in parsed:
+            if o.status in ("trained", "declined"):
+                claims.setdefault(o.partition_id, set()).add(o.node_id)
+        accepted = []
+        for o, w, m in parsed:
+            if o.status not in ("trained", "declined"):
+                accepted.append((o, w, m))
+                continue
+            problem = self._claim_problem(o, claims[o.partition_id], log.connected)
+            if problem:
+                o.status, o.reason = "rejected", problem
+                continue
+            accepted.append((o, w, m))
+        return accepted
+
+    def _commit(self, outcomes: list[ClientOutcome]) -> None:
+        """What the server remembers of a client comes from its accepted replies only."""
+        for o in outcomes:
+            if o.status in ("trained", "declined"):
+                self.partition_node[o.partition_id] = o.node_id
+                self.node_partition[o.node_id] = o.partition_id
+        self._remember_epsilon([o for o in outcomes if o.status in ("trained", "declined")])
+
+    def _claim_problem(self, o: ClientOutcome, claimants: set[int], connected: set[int]) -> str:
+        def live(node: int) -> bool:
+            return not connected or node in connected
+
+        bound = self.partition_node.get(o.partition_id)
+        if bound is not None and bound != o.node_id and live(bound):
+            return f"partition-id {o.partition_id} is bound to node {bound}, not this node"
+        held = self.node_partition.get(o.node_id)
+        if (
+            held is not None
+            and held != o.partition_id
+            and self.partition_node.get(held) == o.node_id
+        ):
+            return f"this node holds partition-id {held}, not {o.partition_id}"
+        if (bound is None or not live(bound)) and len(claimants) > 1:
+            return (
+                f"partition-id {o.partition_id} claimed by {len(claimants)} nodes this round "
+                "and bound to none"
+            )
+        return ""
+
+    def _screen(
+        self, usable: list[tuple[ClientOutcome, Weights, Message]], reference: Weights
+    ) -> list[tuple[ClientOutcome, Weights, Message]]:
+        """Reject update-norm outliers, then cap example counts (hostile replies)."""
+        norms = [update_norm({k: w[k] - reference[k] for k in reference}) for _, w, _ in usable]
+        kept = []
+        for (o, w, m), outlier, norm in zip(
+            usable, norm_outliers(norms, NORM_OUTLIER_FACTOR), norms, strict=True
+        ):
+            if outlier:
+                o.status = "rejected"
+                o.reason = (
+                    f"update norm {norm:.4g} is more than {NORM_OUTLIER_FACTOR:g}x the median "
+                    "of the round's other updates"
+                )
+            else:
+                kept.append((o, w, m))
+        capped = cap_counts([o.num_examples for o, _, _ in kept], COUNT_CAP_FACTOR)
+        for (o, _, _), n in zip(kept, capped, strict=True):
+            if n < o.num_examples:
+                o.reason = (
+                    f"example count {o.num_examples} capped to {n} ({COUNT_CAP_FACTOR:g}x the "
+                    "median of the round's other replies)"
+                )
+                o.num_examples = n
+        return kept
 
     def _epsilon_fell(self, outcome: ClientOutcome) -> str:
         """A reason to reject when a client's cumulative epsilon went down (ledger lost)."""
@@ -277,14 +371,15 @@ class FedPrivMixin(Resumable):
         for msg in replies:
             if msg.has_error() or keys.METRICS not in msg.content.metric_records:
                 continue
-            m = msg.content.metric_records[keys.METRICS]
-            try:
-                n = int(metric_number(m, keys.NUM_EXAMPLES, 0))
-                values = {key: metric_number(m, key, math.nan) for key in names}
-            except (TypeError, ValueError, OverflowError):
+            values, problem = parse_numbers(
+                msg.content.metric_records[keys.METRICS], EVALUATE_RULES
+            )
+            if problem:  # a malformed evaluate reply is left out, never a crash
                 continue
+            n = int(values.pop(keys.NUM_EXAMPLES))
             if n <= 0:
                 continue
+            values = {key: values[key] for key in names}
             for key, value in values.items():
                 if math.isfinite(value):
                     sums[key][0] += n * value

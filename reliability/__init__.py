@@ -23,12 +23,22 @@ from reliability.scorers import (
     register_scorer,
 )
 from reliability.types import RoundInput, Scores, Weights
-from reliability.validation import validate_count, validate_update
+from reliability.validation import (
+    NumberRule,
+    cap_counts,
+    norm_outliers,
+    parse_number,
+    parse_numbers,
+    update_norm,
+    validate_count,
+    validate_update,
+)
 from reliability.weighting import ReliabilityWeighting, Reputation, aggregation_weights
 
 __all__ = [
     "SCORERS",
     "FLTrustScorer",
+    "NumberRule",
     "MedianAgreementScorer",
     "OutputAgreementScorer",
     "ReliabilityWeighting",
@@ -39,8 +49,13 @@ __all__ = [
     "UniformScorer",
     "Weights",
     "aggregation_weights",
+    "cap_counts",
     "make_scorer",
+    "norm_outliers",
+    "parse_number",
+    "parse_numbers",
     "register_scorer",
+    "update_norm",
     "validate_count",
     "validate_update",
 ]

@@ -10,12 +10,22 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from reliability.types import Weights
 
-__all__ = ["validate_count", "validate_update"]
+__all__ = [
+    "NumberRule",
+    "cap_counts",
+    "norm_outliers",
+    "parse_number",
+    "parse_numbers",
+    "update_norm",
+    "validate_count",
+    "validate_update",
+]
 
 
 def _names(keys: set[str]) -> str:
@@ -92,3 +102,115 @@ def validate_count(n: object) -> str | None:
     if n <= 0:
         return f"example count must be an integer > 0, got {n!r}"
     return None
+
+
+@dataclass(frozen=True)
+class NumberRule:
+    """What one number in a reply must be; :func:`parse_numbers` applies it.
+
+    Attributes
+    ----------
+    integer : bool
+        The value must be integral (``120.0`` is accepted, ``120.5`` is not).
+    low, high : float
+        Inclusive bounds.
+    allow_inf : bool
+        ``+inf`` is a legitimate value (a client without privacy reports epsilon = inf).
+    allow_nan : bool
+        NaN reads as "not reported" (a loss); never for counts, ids or epsilon.
+    required : bool
+        A missing entry is a problem; otherwise it reads as NaN.
+
+    """
+
+    integer: bool = False
+    low: float = -math.inf
+    high: float = math.inf
+    allow_inf: bool = False
+    allow_nan: bool = False
+    required: bool = True
+
+
+def parse_number(name: str, value: object, rule: NumberRule) -> tuple[float, str]:
+    """``(value, "")`` when ``value`` satisfies ``rule``, else ``(nan, reason)``; never raises.
+
+    Booleans, strings, lists and other non-numbers are refused, and so are NaN, infinities
+    (unless ``rule.allow_inf`` and the value is +inf), non-integral values of an integer rule
+    and values outside ``[rule.low, rule.high]``. Integers come back as exact ``int``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return math.nan, f"{name!r} must be a number, got {type(value).__name__}"
+    if isinstance(value, numbers.Integral):
+        x: float = int(value)
+    else:
+        x = float(value)
+        if math.isnan(x):
+            if rule.allow_nan:
+                return math.nan, ""
+            return math.nan, f"{name!r} must be a number, got NaN"
+        if math.isinf(x):
+            if rule.allow_inf and x > 0:
+                return math.inf, ""
+            return math.nan, f"{name!r} must be finite, got {x}"
+        if rule.integer and not x.is_integer():
+            return math.nan, f"{name!r} must be an integer, got {x!r}"
+    if rule.integer:
+        x = int(x)
+    if not rule.low <= x <= rule.high:
+        return math.nan, f"{name!r} must be in [{rule.low:g}, {rule.high:g}], got {x!r}"
+    return x, ""
+
+
+def parse_numbers(
+    record: Mapping[str, object], rules: Mapping[str, NumberRule]
+) -> tuple[dict[str, float], str]:
+    """Every number of ``rules`` from ``record``; the first problem found, or ``""``."""
+    out: dict[str, float] = {}
+    for name, rule in rules.items():
+        if name not in record:
+            if rule.required:
+                return out, f"{name!r} is missing"
+            out[name] = math.nan
+            continue
+        value, problem = parse_number(name, record[name], rule)
+        if problem:
+            return out, problem
+        out[name] = value
+    return out, ""
+
+
+def update_norm(update: Weights) -> float:
+    """The L2 norm of an update over all its parameters (float64)."""
+    return float(
+        math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values()))
+    )
+
+
+def norm_outliers(norms: list[float], factor: float) -> list[bool]:
+    """Which norms exceed ``factor`` times the median of the others (needs 3 or more).
+
+    Leave-one-out, so that one huge update cannot raise the median it is compared with.
+    With fewer than 3 updates there is no meaningful median: none is an outlier.
+    """
+    if len(norms) < 3:
+        return [False] * len(norms)
+    out = []
+    for i, x in enumerate(norms):
+        others = norms[:i] + norms[i + 1 :]
+        out.append(x > factor * float(np.median(others)))
+    return out
+
+
+def cap_counts(counts: list[int], factor: float) -> list[int]:
+    """Each example count capped at ``factor`` times the median of the other clients' counts.
+
+    Leave-one-out, so that a client claiming 10^12 examples is capped by the honest ones'
+    median; a single client is not capped (its weight is 1 whatever it claims).
+    """
+    if len(counts) < 2:
+        return list(counts)
+    out = []
+    for i, n in enumerate(counts):
+        others = counts[:i] + counts[i + 1 :]
+        out.append(int(min(n, max(1, math.floor(factor * float(np.median(others)))))))
+    return out

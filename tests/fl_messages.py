@@ -49,6 +49,7 @@ def trained(
     loss: float = 1.0,
     eps: float = 1.0,
     weights: dict[str, np.ndarray] | None = None,
+    to: Message | None = None,
 ) -> Message:
     """A train reply with weights ``w = value`` (or ``weights``) from ``n`` examples."""
     metrics = MetricRecord(
@@ -67,7 +68,7 @@ def trained(
     content = RecordDict(
         {keys.ARRAYS: to_record(weights), keys.METRICS: metrics, keys.STATUS: status}
     )
-    return Message(content=content, reply_to=incoming(node))
+    return Message(content=content, reply_to=to if to is not None else incoming(node))
 
 
 def declined(node: int, reason: str = "declined: budget spent", eps: float = 3.9) -> Message:
