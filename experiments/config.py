@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from privacy import plan_dpsgd
@@ -15,6 +16,7 @@ from tasks.datasets import load_dataset
 from tasks.local import MODES
 from tasks.models import FUNCTIONAL_MODELS, MODELS, ModelSpec, build_model
 from tasks.partition import client_partitions, specs_from_settings, split_train_val
+from tasks.training import select_device
 from tasks.unreliable import check_kind, unreliable_clients
 
 _NOT_IN_CFG = {"output_dir"}
@@ -34,6 +36,21 @@ def to_settings(cfg: DictConfig, output_dir: str = "") -> RunSettings:
             raise ValueError(f"{f.metadata['key']} is missing from the config")
         values[f.name] = value
     return RunSettings(**values, output_dir=output_dir).validate()
+
+
+def check_resources(client_cpus: object, client_gpus: object) -> None:
+    """``federation.client_cpus`` >= 1; ``client_gpus`` in [0, 1], and 0 without a GPU."""
+    if isinstance(client_cpus, bool) or not isinstance(client_cpus, int) or client_cpus < 1:
+        raise ValueError(f"federation.client_cpus must be an integer >= 1, got {client_cpus!r}")
+    if isinstance(client_gpus, bool) or not isinstance(client_gpus, (int, float)):
+        raise ValueError(f"federation.client_gpus must be a number in [0, 1], got {client_gpus!r}")
+    if not 0 <= client_gpus <= 1:
+        raise ValueError(f"federation.client_gpus must be in [0, 1], got {client_gpus!r}")
+    if client_gpus > 0 and not torch.cuda.is_available():
+        raise ValueError(
+            f"federation.client_gpus must be 0 on a machine without a CUDA device, got "
+            f"{client_gpus!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +120,12 @@ def check_data(settings: RunSettings) -> DataCheck:
         train, _ = split_train_val(idx, settings.val_fraction, pspec.seed, pid)
         sizes.append(len(train))
     smallest = min(sizes)
+    if settings.batch_size > smallest:
+        raise ValueError(
+            f"federation.batch_size must be at most the smallest client's training set "
+            f"(n={smallest}), got {settings.batch_size}"
+        )
+    select_device(settings.device)  # device=cuda without a GPU: an error naming device
     # delta is spent by DP-SGD only: the functional mechanism's release is pure epsilon-DP
     spends_delta = settings.privacy_mode not in ("none", "functional")
     if spends_delta and settings.privacy_delta >= 1.0 / smallest:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from omegaconf import DictConfig
 
 from experiments.certs import DevPki, make_dev_pki
@@ -67,6 +68,13 @@ def check_deployment(cfg: DictConfig) -> None:
             "federation.root_certificates must be the CA certificate that signed the "
             f"SuperLink's certificate, got {fed.root_certificates!r} (no such file)"
         )
+    try:
+        x509.load_pem_x509_certificates(Path(str(fed.root_certificates)).read_bytes())
+    except ValueError:
+        raise ValueError(
+            "federation.root_certificates must be a PEM certificate (the CA that signed the "
+            f"SuperLink's certificate), got {fed.root_certificates!r}, which is not one"
+        ) from None
 
 
 def deployment_connection(cfg: DictConfig, out_dir: Path) -> FlowerCli | None:

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import DataCheck, check_data, to_settings
+from experiments.config import DataCheck, check_data, check_resources, to_settings
 from experiments.deploy import check_deployment, deployment_connection
 from experiments.launcher import FlowerCli, LocalSimulation
 from experiments.report import ledger_epsilons, plot_run, privacy_events, privacy_table
@@ -194,6 +194,7 @@ def _tail(path: Path, n: int) -> str:
 def prepare(cfg: DictConfig, out_dir: Path) -> tuple[RunSettings, DataCheck]:
     """Step 1: settings from the composed config, checked against the data (``ValueError``)."""
     settings = to_settings(cfg, output_dir=str(out_dir.resolve()))
+    check_resources(cfg.federation.client_cpus, cfg.federation.client_gpus)
     check_deployment(cfg)  # federation.engine, and the SuperLink address and CA of a deployment
     return settings, check_data(settings)
 

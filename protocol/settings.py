@@ -19,6 +19,19 @@ from typing import Any
 Scalar = bool | int | float | str
 
 
+GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
+"""Opacus per-sample-gradient modes (``privacy.grad_sample_mode``); a test keeps this tuple and
+``privacy.dpsgd.GRAD_SAMPLE_MODES`` equal."""
+
+MIN_ROUND_TIMEOUT = 10.0
+"""Seconds: Flower's grid polls for replies every 3 s and a SuperNode every 3 s, so a shorter
+round timeout fails every round."""
+
+MAX_SEED = 2**63 - 1
+
+ROBUST_MIN_CLIENTS = {"krum": (2, 3), "multikrum": (2, 3), "bulyan": (4, 3)}
+"""``strategy: (a, b)``: Flower's rule needs at least ``a * num_malicious + b`` replies a round."""
+
 STRATEGIES = ("fedavg", "scorer", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 """Names the ServerApp's strategy registry serves (``reliability.strategy``); a test keeps the
 registry in ``fl_server.strategies`` and this tuple equal, so configs are checked up front."""
@@ -141,6 +154,27 @@ class RunSettings:
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunSettings:
         """Check every value that can be checked without data; raise ``ValueError`` naming it."""
+        self._require("seed", 0 <= self.seed <= MAX_SEED, "must be in [0, 2**63 - 1]")
+        self._require(
+            "privacy_grad_sample_mode",
+            self.privacy_grad_sample_mode in GRAD_SAMPLE_MODES,
+            f"must be one of {list(GRAD_SAMPLE_MODES)}",
+        )
+        self._require(
+            "round_timeout",
+            math.isfinite(self.round_timeout) and self.round_timeout >= MIN_ROUND_TIMEOUT,
+            f"must be >= {MIN_ROUND_TIMEOUT:g} seconds (Flower polls for replies every 3 s)",
+        )
+        if self.reliability_strategy in ROBUST_MIN_CLIENTS:
+            a, b = ROBUST_MIN_CLIENTS[self.reliability_strategy]
+            per_round = max(1, int(self.num_clients * self.fraction_train))
+            self._require(
+                "reliability_num_malicious",
+                per_round >= a * self.reliability_num_malicious + b,
+                f"needs at least {a} * num_malicious + {b} clients a round for "
+                f"reliability.strategy={self.reliability_strategy!r}, and this federation "
+                f"samples {per_round}",
+            )
         positive_int = ["num_clients", "num_rounds", "local_epochs", "batch_size", "model_hidden"]
         for name in positive_int:
             self._require(name, getattr(self, name) > 0, "must be > 0")
