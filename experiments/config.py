@@ -59,6 +59,8 @@ class DataCheck:
 
     train_sizes: tuple[int, ...]
     test_size: int
+    model_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    """The model's parameter names and shapes (a resumed checkpoint must have exactly these)."""
 
 
 def check_data(settings: RunSettings) -> DataCheck:
@@ -99,7 +101,7 @@ def check_data(settings: RunSettings) -> DataCheck:
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     # the model's own checks: classes vs regression, declared bounds, shapes
-    build_model(
+    model = build_model(
         ModelSpec(
             settings.model_name,
             bundle.input_shape,
@@ -144,4 +146,5 @@ def check_data(settings: RunSettings) -> DataCheck:
                 rounds=settings.num_rounds,
                 accountant=settings.privacy_accountant,
             )
-    return DataCheck(tuple(sizes), len(bundle.y_test))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return DataCheck(tuple(sizes), len(bundle.y_test), shapes)

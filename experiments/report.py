@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noq
 from omegaconf import OmegaConf  # noqa: E402
 
 from privacy import PrivacyLedger, PureDpEvent, SampledGaussianEvent  # noqa: E402
+from protocol.atomic import write_atomically, write_with  # noqa: E402
 
 
 def _distinct(values: list[float]) -> str:
@@ -130,7 +131,7 @@ def plot_run(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
         ax2.set_ylim(bottom=0)
     ax.set_title(title or "federated training")
     fig.tight_layout()
-    fig.savefig(path)
+    write_with(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return path
 
@@ -311,7 +312,7 @@ def plot_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[Path, ...]:
     ax.set_title("accuracy against privacy budget")
     fig.tight_layout()
     eps_png = sweep_dir / "accuracy_vs_epsilon.png"
-    fig.savefig(eps_png)
+    write_with(eps_png, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -342,7 +343,7 @@ def plot_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[Path, ...]:
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="epsilon")
     fig.tight_layout()
     rounds_png = sweep_dir / "round_curves.png"
-    fig.savefig(rounds_png)
+    write_with(rounds_png, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return eps_png, rounds_png
 
@@ -351,13 +352,13 @@ def report_sweep(sweep_dir: Path) -> SweepReport:
     """Gather a sweep's runs into ``sweep_results.csv``/``.md`` and its plots."""
     table = collect_sweep(sweep_dir)
     csv_path = sweep_dir / SWEEP_TABLE
-    table.to_csv(csv_path, index=False)
+    write_atomically(csv_path, table.to_csv(index=False))
     md_path = sweep_dir / SWEEP_MARKDOWN
     curve = epsilon_curve(table)
     text = f"# Sweep {sweep_dir}\n\n{to_markdown(table.drop(columns=['run_dir']))}"
     if len(curve):
         text += f"\n## Final metric over seeds\n\n{to_markdown(curve)}"
-    md_path.write_text(text)
+    write_atomically(md_path, text)
     return SweepReport(csv_path, md_path, plot_sweep(table, sweep_dir))
 
 

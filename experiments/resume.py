@@ -7,14 +7,14 @@ what was already trained may be given again with a new value (:data:`MAY_CHANGE`
 ``federation.rounds`` may only be raised. Anything else that differs is refused, naming the
 key, before any process starts.
 
-The ServerApp reads the checkpoint itself (``fl_server/checkpoint.py``) and checks the weights'
-hash and the stored flat config again; here only its presence and round are read, from the
-documented ``checkpoint/checkpoint.json``, so that a bad ``resume`` fails before anything runs.
+The checkpoint is verified completely here, before any process starts
+(:func:`protocol.checkpoint.load_checkpoint`: hash, file names, rounds against the metrics,
+finite weights; :func:`experiments.run.prepare` adds the model's shapes), and again by the
+ServerApp, which also checks the stored flat config.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.schema import FedPrivConf
+from protocol.checkpoint import load_checkpoint
 
 CHECKPOINT_INDEX = Path("checkpoint") / "checkpoint.json"
 
@@ -77,23 +78,12 @@ def checkpoint_round(run_dir: Path) -> int:
     """
     if not run_dir.is_dir():
         raise ValueError(f"resume={str(run_dir)!r}: no such run directory")
-    index = run_dir / CHECKPOINT_INDEX
-    if not index.is_file():
+    if not (run_dir / CHECKPOINT_INDEX).is_file():
         raise ValueError(
-            f"resume={str(run_dir)!r}: no checkpoint ({index} is missing); only runs that "
-            "completed at least the initial evaluation can be resumed"
+            f"resume={str(run_dir)!r}: no checkpoint ({run_dir / CHECKPOINT_INDEX} is missing); "
+            "only runs that completed at least the initial evaluation can be resumed"
         )
-    try:
-        data = json.loads(index.read_text())
-        round_ = int(data["round"])
-        weights = run_dir / CHECKPOINT_INDEX.parent / str(data["weights_file"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"resume={str(run_dir)!r}: checkpoint {index} is unreadable: {err}"
-        ) from err
-    if not weights.is_file():
-        raise ValueError(f"resume={str(run_dir)!r}: checkpoint weights {weights} are missing")
-    return round_
+    return load_checkpoint(run_dir).round  # verified: hash, names, rounds, finite weights
 
 
 def resume_config(

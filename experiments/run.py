@@ -28,7 +28,8 @@ from experiments.report import ledger_epsilons, plot_run, privacy_events, privac
 from experiments.resume import resume_argv, resume_config
 from experiments.schema import register_schema
 from experiments.sweep import job_guard, run_identity
-from privacy.ledger import write_atomically
+from protocol.atomic import write_atomically
+from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
 from tasks.models import is_regression
 from tasks.unreliable import unreliable_clients
@@ -95,7 +96,7 @@ def run_federation(
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     unreliable = set(unreliable_clients(settings))
-    pd.DataFrame(  # ground truth of the simulated unreliable participants
+    participants = pd.DataFrame(  # ground truth of the simulated unreliable participants
         {
             "partition_id": range(settings.num_clients),
             "unreliable": [i in unreliable for i in range(settings.num_clients)],
@@ -104,7 +105,8 @@ def run_federation(
                 for i in range(settings.num_clients)
             ],
         }
-    ).to_csv(out / "participants.csv", index=False)
+    )
+    write_atomically(out / "participants.csv", participants.to_csv(index=False))
     printer = RoundPrinter(out, settings)
     with connection or LocalSimulation(out, settings.num_clients, client_cpus, client_gpus) as sim:
         run_id = sim.submit(settings.to_run_config())
@@ -196,12 +198,16 @@ def prepare(cfg: DictConfig, out_dir: Path) -> tuple[RunSettings, DataCheck]:
     settings = to_settings(cfg, output_dir=str(out_dir.resolve()))
     check_resources(cfg.federation.client_cpus, cfg.federation.client_gpus)
     check_deployment(cfg)  # federation.engine, and the SuperLink address and CA of a deployment
-    return settings, check_data(settings)
+    check = check_data(settings)
+    if settings.resume_dir:  # the whole checkpoint, against this model, before anything starts
+        load_checkpoint(Path(settings.resume_dir), check.model_shapes)
+    return settings, check
 
 
 def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: Path) -> float:
     """Steps 2-4 for checked settings; returns the final test accuracy (MSE for regression)."""
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if not settings.resume_dir:  # a resumed run keeps the config.yaml it was started with
+        write_atomically(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     print(
         f"fedpriv: {settings.num_clients} clients ({min(check.train_sizes)}-"
         f"{max(check.train_sizes)} training examples each), {settings.num_rounds} rounds, "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from protocol.atomic import write_atomically
 from protocol.settings import RunSettings
 
 STATUS_FILE = "status.json"
@@ -59,9 +59,7 @@ def write_status(run_dir: Path, **fields: Any) -> None:
     """Merge ``fields`` into ``status.json``, atomically (a crash never leaves half a file)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     data = read_status(run_dir) | fields | {"updated": time.time()}
-    tmp = run_dir / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, run_dir / STATUS_FILE)
+    write_atomically(run_dir / STATUS_FILE, json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -104,9 +102,7 @@ class SweepPlan:
         text = json.dumps(
             {"jobs": self.jobs, "total": len(self.jobs), "started": time.time()}, indent=2
         )
-        tmp = self.sweep_dir / f".{SWEEP_FILE}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.sweep_dir / SWEEP_FILE)
+        write_atomically(self.sweep_dir / SWEEP_FILE, text)
 
 
 def validate_jobs(

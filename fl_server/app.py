@@ -1,7 +1,7 @@
 """Flower ServerApp: FedAvg through ``strategy.start`` with central evaluation each round.
 
 After every round (and the initial evaluation, round 0) the server writes a checkpoint
-(:mod:`fl_server.checkpoint`); with ``resume-dir`` set it continues that run from the round
+(:mod:`protocol.checkpoint`); with ``resume-dir`` set it continues that run from the round
 after its last checkpoint.
 """
 
@@ -16,6 +16,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from privacy import derive_seed, make_generator
+from protocol.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.datasets import DataBundle, load_dataset
@@ -23,13 +30,6 @@ from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.partition import server_indices, specs_from_settings
 from tasks.training import evaluate, make_loader, select_device, train_epochs
 
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    config_differences,
-    load_checkpoint,
-    save_checkpoint,
-)
 from .recorder import RunRecorder
 from .strategies import make_strategy
 from .strategy import FedPrivMixin, Weights
@@ -116,7 +116,12 @@ class ServerUpdate:
         return {k: v - reference[k] for k, v in get_weights(model).items()}
 
 
-def resume_run(settings: RunSettings, strategy: FedPrivMixin, recorder: RunRecorder) -> Checkpoint:
+def resume_run(
+    settings: RunSettings,
+    strategy: FedPrivMixin,
+    recorder: RunRecorder,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Checkpoint:
     """Load ``settings.resume_dir``'s checkpoint into ``strategy`` and ``recorder``.
 
     Raises
@@ -125,7 +130,7 @@ def resume_run(settings: RunSettings, strategy: FedPrivMixin, recorder: RunRecor
         If there is no usable checkpoint, if it was written with different data, model or
         privacy settings (naming the setting), or if it already holds every round.
     """
-    ckpt = load_checkpoint(Path(settings.resume_dir))
+    ckpt = load_checkpoint(Path(settings.resume_dir), shapes)
     by_key = {RunSettings.run_config_key(n): n for n in RunSettings._fields()}
     for key, stored, now in config_differences(ckpt.run_config, settings.to_run_config()):
         name = RunSettings.setting_name(by_key[key]) if key in by_key else key
@@ -175,7 +180,8 @@ def main(grid: Grid, context: Context) -> None:
     evaluation = CentralEvaluation(settings, bundle, strategy, recorder)
     arrays, start_round = to_record(get_weights(initial)), 1
     if settings.resume_dir:
-        ckpt = resume_run(settings, strategy, recorder)
+        shapes = {k: tuple(v.shape) for k, v in get_weights(initial).items()}
+        ckpt = resume_run(settings, strategy, recorder, shapes)
         arrays, start_round = to_record(ckpt.weights), ckpt.round + 1
         evaluation.last = arrays
         log(INFO, "fedpriv resuming %s after round %d", settings.resume_dir, ckpt.round)

@@ -5,16 +5,16 @@ Files in the run's output directory:
 ``metrics.csv``   one row per round (round 0 is the initial model)
 ``clients.csv``   one row per client and round: status, weight, epsilon, loss, reason
 ``final_model.npz``  the final global weights (numpy, no pickle)
-``checkpoint/``   the last completed round's state, for ``resume`` (:mod:`fl_server.checkpoint`)
+``checkpoint/``   the last completed round's state, for ``resume`` (:mod:`protocol.checkpoint`)
 ``summary.json``  written last; its presence means the run completed
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from protocol.atomic import write_atomically
+
 from .replies import ClientOutcome, RoundLog
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _mean_loss(trained: list[ClientOutcome], field: str = "train_loss") -> float:
@@ -119,11 +115,13 @@ class RunRecorder:
         """Rewrite ``metrics.csv`` and ``clients.csv``."""
         for name, rows in (("metrics.csv", self.rounds), ("clients.csv", self.clients)):
             frame = pd.DataFrame(rows)
-            _atomic_write(self.out_dir / name, lambda p, f=frame: f.to_csv(p, index=False))
+            write_atomically(self.out_dir / name, frame.to_csv(index=False))
 
     def finish(self, weights: dict[str, np.ndarray], extra: dict[str, Any]) -> dict[str, Any]:
         """Save the final model and ``summary.json`` (the run's completion mark)."""
-        _atomic_write(self.out_dir / "final_model.npz", lambda p: np.savez(p, **weights))  # type: ignore[arg-type]
+        buf = io.BytesIO()
+        np.savez(buf, **weights)  # type: ignore[arg-type]
+        write_atomically(self.out_dir / "final_model.npz", buf.getvalue())
         last = self.rounds[-1] if self.rounds else {}
         eps = [r.get("epsilon_max", math.nan) for r in self.rounds]
         eps = [e for e in eps if isinstance(e, float) and math.isfinite(e)]
@@ -137,5 +135,5 @@ class RunRecorder:
         } | extra
         summary = {k: _json_safe(v) for k, v in summary.items()}
         text = json.dumps(summary, indent=2, allow_nan=False)
-        _atomic_write(self.out_dir / "summary.json", lambda p: Path(p).write_text(text))
+        write_atomically(self.out_dir / "summary.json", text)
         return summary

@@ -11,50 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
 from privacy.accounting import NEIGHBOURING_RELATION, check_accountant, get_accountant
+from protocol.atomic import write_atomically
 
 __all__ = ["Event", "PrivacyLedger", "PureDpEvent", "SampledGaussianEvent", "write_atomically"]
 
 LEDGER_VERSION = 2
 """2: replace-one relation, dp_accounting PLD (1: Opacus accountants, add/remove-one)."""
-
-
-def write_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old or the new file, never a torn one.
-
-    Writes a temporary file in the same directory, fsyncs it, ``os.replace``-s it over
-    ``path``, then fsyncs the directory (POSIX; skipped where unsupported) so the rename
-    itself survives a power loss. Used for privacy ledgers and for the functional
-    mechanism's stored release, whose loss would mean a second noise draw.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # persist the rename itself (POSIX); not supported everywhere
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _check_round(rnd: int) -> None:

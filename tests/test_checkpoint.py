@@ -15,8 +15,12 @@ from omegaconf import OmegaConf
 
 from experiments.resume import resume_argv, resume_config
 from experiments.schema import FedPrivConf
-from fl_server import checkpoint as ckpt_mod
-from fl_server.checkpoint import (
+from fl_server.recorder import RunRecorder
+from fl_server.rounds import run_rounds
+from fl_server.strategies import make_strategy
+from fl_server.strategy import WeightedFedAvg
+from protocol import atomic as atomic_mod
+from protocol.checkpoint import (
     Checkpoint,
     CheckpointError,
     config_differences,
@@ -24,10 +28,6 @@ from fl_server.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fl_server.recorder import RunRecorder
-from fl_server.rounds import run_rounds
-from fl_server.strategies import make_strategy
-from fl_server.strategy import WeightedFedAvg
 from protocol.records import to_record
 from protocol.settings import RunSettings
 
@@ -48,7 +48,10 @@ def _ckpt(round_: int, value: float = 1.0) -> Checkpoint:
         },
         metrics=[
             {"round": 0, "test_accuracy": 0.1, "epsilon_max": math.nan},
-            {"round": round_, "test_accuracy": 0.5, "epsilon_max": 2.5, "kept_reason": ""},
+            *(
+                {"round": r, "test_accuracy": 0.5, "epsilon_max": 2.5, "kept_reason": ""}
+                for r in range(1, round_ + 1)
+            ),
         ],
         clients=[{"round": 1, "partition_id": 0, "epsilon": math.inf, "reason": "x"}],
         strategy={"client_epsilon": {"0": 2.5}, "rng": [3, [1, 2], None]},
@@ -99,7 +102,7 @@ def test_crash_while_writing_leaves_the_previous_checkpoint(tmp_path: Path, monk
             raise OSError("disk full")  # the weights are in place, the index is not
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", crash_on_index)
+    monkeypatch.setattr(atomic_mod.os, "replace", crash_on_index)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path, _ckpt(2, value=2.0))
     monkeypatch.undo()
@@ -116,7 +119,7 @@ def test_crash_while_writing_weights_leaves_the_previous_checkpoint(
     def crash(src, dst):
         raise OSError("killed")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    monkeypatch.setattr(atomic_mod.os, "replace", crash)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, _ckpt(2, value=2.0))
     monkeypatch.undo()

@@ -30,8 +30,10 @@ def test_engine_and_address_and_ca_are_checked(tmp_path: Path) -> None:
 
 
 def test_connection_config_names_the_address_and_ca(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.crt"
-    ca.write_text("x")
+    from experiments.certs import make_dev_pki
+
+    ca = make_dev_pki(tmp_path / "pki", nodes=0).root / "ca.crt"
+    assert ca.is_file()
     cli = deployment_connection(_cfg(root_certificates=str(ca)), tmp_path)
     assert cli is not None
     text = (tmp_path / ".flwr" / "config.toml").read_text()

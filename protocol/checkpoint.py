@@ -7,10 +7,12 @@ A checkpoint lives in ``<run dir>/checkpoint/``:
                             (sampling RNG, reliability reputations, clients' last epsilon), the
                             run's flat config, and the name and SHA-256 of the weights file
 
-Both files are written to a temporary name and moved into place with :func:`os.replace`; the
-weights go first and ``checkpoint.json`` last, so ``checkpoint.json`` always names a complete
-weights file. A crash at any point leaves the previous checkpoint readable (the previous
-weights file is only deleted once the new ``checkpoint.json`` is in place).
+Both files are written through :func:`protocol.atomic.write_atomically` (temporary file, fsync,
+rename, directory fsync); the weights go first and ``checkpoint.json`` last, so
+``checkpoint.json`` always names a complete weights file. A crash at any point leaves the
+previous checkpoint readable (the previous weights file is only deleted once the new
+``checkpoint.json`` is in place). :func:`load_checkpoint` verifies everything before a resumed
+run starts.
 
 Floats that JSON cannot hold (NaN, infinities: e.g. the epsilon of ``privacy=none``) are
 written as ``{"__float__": "nan"}`` and read back as floats, so the file is strict JSON.
@@ -22,13 +24,15 @@ import hashlib
 import io
 import json
 import math
-import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from protocol.atomic import write_atomically
 
 FORMAT = 1
 DIRNAME = "checkpoint"
@@ -116,15 +120,6 @@ def loads(text: str) -> Any:
 
 
 # ---------------------------------------------------------------------- writing
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _npz_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in weights.items()})  # type: ignore[arg-type]
@@ -137,7 +132,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = _npz_bytes(ckpt.weights)
     name = f"weights-round-{ckpt.round:04d}.npz"
-    _atomic_bytes(folder / name, data)
+    write_atomically(folder / name, data)
     index = {
         "format": FORMAT,
         "round": int(ckpt.round),
@@ -149,7 +144,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "metrics": ckpt.metrics,
         "clients": ckpt.clients,
     }
-    _atomic_bytes(folder / INDEX, dumps(index).encode())
+    write_atomically(folder / INDEX, dumps(index))
     for old in folder.glob("weights-round-*.npz"):  # only once the new index is in place
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -157,14 +152,34 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
 
 
 # ---------------------------------------------------------------------- reading
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read ``run_dir``'s checkpoint, checking the weights against their recorded hash.
+WEIGHTS_NAME = re.compile(r"weights-round-(\d{4,})\.npz")
+"""The only weights file names a checkpoint may point to (no directories, no other names)."""
+
+
+def _fail(run_dir: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"resume={str(run_dir)!r}: checkpoint {what}")
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def load_checkpoint(
+    run_dir: Path, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Checkpoint:
+    """Read and verify ``run_dir``'s checkpoint completely; every defect is a clean error.
+
+    Checks: the index is strict JSON of the known format with fields of the right types; the
+    round is an integer >= 0 and the metrics rows are rounds ``0..round`` in order; the
+    weights file name is ``weights-round-NNNN.npz`` for that round (nothing else, no path);
+    the file exists, matches its SHA-256 and loads as an npz without pickles; every weight is
+    finite; and, given ``shapes`` (the model's, ``name -> shape``), the weights have exactly
+    those names and shapes.
 
     Raises
     ------
     CheckpointError
-        If there is no checkpoint, or it is damaged (unreadable index, missing weights file,
-        hash mismatch, unknown format).
+        Naming ``resume``, the run directory and what is wrong.
     """
     folder = checkpoint_dir(run_dir)
     index_path = folder / INDEX
@@ -173,29 +188,74 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     try:
         index = loads(index_path.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"resume: checkpoint {index_path} is unreadable: {err}") from err
+        raise _fail(run_dir, f"{index_path} is unreadable: {err}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise CheckpointError(
-            f"resume: checkpoint {index_path} has format "
-            f"{index.get('format') if isinstance(index, dict) else None!r}, expected {FORMAT}"
-        )
-    weights_path = folder / str(index["weights_file"])
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise _fail(run_dir, f"{index_path} has format {found!r}, expected {FORMAT}")
+    rnd = _int(index.get("round"))
+    if rnd is None or rnd < 0:
+        raise _fail(run_dir, f"round must be an integer >= 0, got {index.get('round')!r}")
+    for key, kind in (
+        ("metrics", list),
+        ("clients", list),
+        ("strategy", dict),
+        ("run_config", dict),
+    ):
+        if not isinstance(index.get(key, kind()), kind):
+            raise _fail(run_dir, f"{key} must be a JSON {kind.__name__}")
+    metrics = list(index.get("metrics", []))
+    rounds = [row.get("round") if isinstance(row, dict) else None for row in metrics]
+    if rounds != list(range(rnd + 1)):
+        raise _fail(run_dir, f"round {rnd} does not match its metrics rows (rounds {rounds[:12]})")
+    name = index.get("weights_file")
+    match = WEIGHTS_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None or int(match.group(1)) != rnd:
+        raise _fail(run_dir, f"weights_file must be 'weights-round-{rnd:04d}.npz', got {name!r}")
+    digest = index.get("weights_sha256")
+    if not isinstance(digest, str) or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
+        raise _fail(run_dir, f"weights_sha256 must be 64 hex digits, got {digest!r}")
+    weights_path = folder / match.group(0)
     try:
         data = weights_path.read_bytes()
     except OSError as err:
-        raise CheckpointError(f"resume: checkpoint weights {weights_path} missing: {err}") from err
-    if hashlib.sha256(data).hexdigest() != index["weights_sha256"]:
-        raise CheckpointError(f"resume: checkpoint weights {weights_path} fail their SHA-256")
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        weights = {k: npz[k] for k in npz.files}
+        raise _fail(run_dir, f"weights {weights_path} missing: {err}") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise _fail(run_dir, f"weights {weights_path} fail their SHA-256")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            weights = {k: npz[k] for k in npz.files}
+    except Exception as err:  # BadZipFile, ValueError (pickles), EOFError, ...
+        raise _fail(run_dir, f"weights {weights_path} do not load: {type(err).__name__}") from None
+    for key, value in weights.items():
+        if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+            raise _fail(run_dir, f"weights {key!r} hold NaN or infinite values")
+    if shapes is not None:
+        if set(weights) != set(shapes):
+            missing, extra = set(shapes) - set(weights), set(weights) - set(shapes)
+            raise _fail(
+                run_dir,
+                f"weights do not fit the model: missing {sorted(missing)}, unexpected "
+                f"{sorted(extra)}",
+            )
+        for key, shape in shapes.items():
+            if tuple(weights[key].shape) != tuple(shape):
+                raise _fail(
+                    run_dir,
+                    f"weights {key!r} have shape {tuple(weights[key].shape)}, the model's is "
+                    f"{tuple(shape)}",
+                )
+    try:
+        wall = float(index.get("wall_seconds", 0.0))
+    except (TypeError, ValueError):
+        raise _fail(run_dir, "wall_seconds must be a number") from None
     return Checkpoint(
-        round=int(index["round"]),
+        round=rnd,
         weights=weights,
-        metrics=list(index.get("metrics", [])),
+        metrics=metrics,
         clients=list(index.get("clients", [])),
         strategy=dict(index.get("strategy", {})),
         run_config=dict(index.get("run_config", {})),
-        wall_seconds=float(index.get("wall_seconds", 0.0)),
+        wall_seconds=wall,
     )
 
 
