@@ -6,8 +6,12 @@ Commands (README "Running on several machines"):
     Start a SuperLink with TLS and SuperNode authentication; runs until Ctrl-C.
 ``register``
     Admit SuperNodes' public keys (``flwr supernode register``).
+``init-ledger``
+    Create a node's privacy ledger when the node is set up (``--force`` re-initialises one,
+    forgetting what its data spent: with a warning).
 ``supernode``
-    Start a participant's SuperNode: SuperLink address, CA, private key, data file, ledger dir.
+    Start a participant's SuperNode: SuperLink address, CA, private key, data file, ledger dir,
+    and the node's own policy (``--max-epsilon``, ``--privacy-modes``, ``--allow-evaluation``).
 ``export-partitions``
     Write one data file per node from a dataset partition (demo and tests).
 ``local``
@@ -42,6 +46,7 @@ from experiments.deployment import (
     register_node,
 )
 from experiments.launcher import REPO, FlowerCli
+from privacy.ledger_file import init_ledger
 
 ENGINES = ("simulation", "deployment")
 
@@ -136,8 +141,14 @@ class LocalDeployment:
         fmt: str = "csv",
         overrides: Sequence[str] = (),
         tuning: Tuning | None = None,
+        max_epsilon: float = 10.0,
+        privacy_modes: str = "dpsgd,functional",
+        allow_evaluation: bool = False,
     ) -> None:
         self.root = root
+        self.max_epsilon = max_epsilon
+        self.privacy_modes = privacy_modes
+        self.allow_evaluation = allow_evaluation
         self.num_nodes = nodes
         self.fmt = fmt
         self.overrides = list(overrides)
@@ -150,7 +161,15 @@ class LocalDeployment:
     def node_spec(self, i: int) -> NodeSpec:
         """Node ``i``'s key, data file and ledger directory."""
         assert self.pki is not None
-        return NodeSpec(i, self.pki.node_key(i), self.data[i], self.root / f"node-{i}" / "ledger")
+        return NodeSpec(
+            i,
+            self.pki.node_key(i),
+            self.data[i],
+            self.root / f"node-{i}" / "ledger",
+            max_epsilon=self.max_epsilon,
+            privacy_modes=self.privacy_modes,
+            allow_evaluation=self.allow_evaluation,
+        )
 
     def start_node(self, i: int) -> SuperNode:
         """(Re)start SuperNode ``i`` (it keeps its data file and ledger directory)."""
@@ -179,6 +198,8 @@ class LocalDeployment:
             cli = self.superlink.cli()
             for i in range(self.num_nodes):
                 register_node(cli, self.pki.node_pub(i), name=f"node-{i}")
+            for i in range(self.num_nodes):  # node set-up: each dataset's ledger, once
+                init_ledger(self.node_spec(i).ledger_dir, i)
             for i in range(self.num_nodes):
                 self.start_node(i)
         except BaseException:
@@ -281,7 +302,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     n.add_argument("--home", type=Path, default=None, help="FLWR_HOME and log")
     n.add_argument("--port", type=int, default=0, help="the node's local Runtime API port")
+    n.add_argument(
+        "--max-epsilon",
+        type=float,
+        required=True,
+        help="node policy: the most epsilon this data may spend over all runs",
+    )
+    n.add_argument(
+        "--privacy-modes",
+        default="dpsgd,functional",
+        help="node policy: the privacy modes it trains under (comma-separated; DP only)",
+    )
+    n.add_argument(
+        "--allow-evaluation",
+        action="store_true",
+        help="node policy: allow federated evaluation (noisy, accounted) on its data",
+    )
     tuned(n)
+
+    il = sub.add_parser("init-ledger", help="create a node's privacy ledger (node set-up)")
+    il.add_argument("--ledger-dir", type=Path, required=True)
+    il.add_argument("--client-id", type=int, required=True)
+    il.add_argument("--delta", type=float, default=1e-5, help="the delta of every run on it")
+    il.add_argument(
+        "--force",
+        action="store_true",
+        help="re-initialise an existing ledger: FORGETS the epsilon this data already spent",
+    )
 
     e = sub.add_parser("export-partitions", help="one data file per node from a dataset")
     e.add_argument("out", type=Path)
@@ -293,6 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     loc.add_argument("root", type=Path)
     loc.add_argument("--nodes", type=int, default=3)
     loc.add_argument("--format", choices=["csv", "parquet", "npz"], default="csv")
+    loc.add_argument("--max-epsilon", type=float, default=10.0, help="every node's cap")
+    loc.add_argument("--privacy-modes", default="dpsgd,functional")
+    loc.add_argument("--allow-evaluation", action="store_true")
     loc.add_argument("overrides", nargs="*", help="Hydra overrides for the exported data")
     tuned(loc)
     return p
@@ -323,7 +373,22 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{key}: node id {register_node(cli, key.resolve())}", flush=True)
     elif args.command == "supernode":
         home = (args.home or Path(f"supernode-{args.client_id}")).resolve()
-        spec = NodeSpec(args.client_id, args.key.resolve(), args.data, args.ledger_dir)
+        spec = NodeSpec(
+            args.client_id,
+            args.key.resolve(),
+            args.data,
+            args.ledger_dir,
+            max_epsilon=args.max_epsilon,
+            privacy_modes=args.privacy_modes,
+            allow_evaluation=args.allow_evaluation,
+        )
+        if not (args.ledger_dir / f"client-{args.client_id}.json").exists():
+            print(
+                f"warning: no ledger in {args.ledger_dir} yet: the node will refuse to train "
+                f"until it is created (python -m experiments.deploy init-ledger --ledger-dir "
+                f"{args.ledger_dir} --client-id {args.client_id})",
+                file=sys.stderr,
+            )
         node = SuperNode(home, spec, args.superlink, args.ca.resolve(), args.port, _tuning(args))
         with node:
             print(
@@ -332,12 +397,31 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             _wait_forever([node])
+    elif args.command == "init-ledger":
+        if args.force:
+            print(
+                "warning: re-initialising the ledger forgets the epsilon this data has already "
+                "spent; do it only if that spending is accounted for elsewhere",
+                file=sys.stderr,
+            )
+        try:
+            path = init_ledger(args.ledger_dir, args.client_id, args.delta, force=args.force)
+        except FileExistsError as err:
+            parser.error(str(err))
+        print(f"ledger {path} created (empty)")
     elif args.command == "export-partitions":
         for path in export_partitions(args.out, args.nodes, args.format, args.overrides):
             print(path)
     elif args.command == "local":
         with LocalDeployment(
-            args.root.resolve(), args.nodes, args.format, args.overrides, _tuning(args)
+            args.root.resolve(),
+            args.nodes,
+            args.format,
+            args.overrides,
+            _tuning(args),
+            max_epsilon=args.max_epsilon,
+            privacy_modes=args.privacy_modes,
+            allow_evaluation=args.allow_evaluation,
         ) as dep:
             assert dep.superlink is not None
             print(

@@ -260,13 +260,21 @@ class NodeSpec:
     data_path: Path
     ledger_dir: Path
     extra_config: Mapping[str, str | int | float] = field(default_factory=dict)
+    max_epsilon: float = 10.0
+    """The node's policy (``fl_client.policy``): the most epsilon its data may spend, over
+    every run."""
+    privacy_modes: str = "dpsgd,functional"
+    allow_evaluation: bool = False
 
     def node_config(self) -> str:
-        """``--node-config`` value: ``partition-id``, ``data-path``, ``ledger-dir``."""
+        """``--node-config`` value: identity, data, ledger and the node's privacy policy."""
         items = {
             "partition-id": self.client_id,
             "data-path": str(Path(self.data_path).resolve()),
             "ledger-dir": str(Path(self.ledger_dir).resolve()),
+            "max-epsilon": float(self.max_epsilon),
+            "privacy-modes": self.privacy_modes,
+            "allow-evaluation": "true" if self.allow_evaluation else "false",
             **self.extra_config,
         }
         return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())

@@ -11,6 +11,7 @@ the details go to the node's own log).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ from flwr.clientapp import ClientApp
 
 from privacy import derive_seed
 from privacy.laplace import make_source
+from privacy.ledger_file import LedgerLostError
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
@@ -36,6 +38,7 @@ from tasks.training import select_device
 from tasks.unreliable import corrupt_data, corrupt_reply
 
 from .ledger_store import LedgerStore, ledger_path
+from .policy import NodePolicy
 
 app = ClientApp()
 log = logging.getLogger("fedpriv.client")
@@ -139,18 +142,65 @@ def _finite(x: float) -> float:
     return float(x) if math.isfinite(x) else float("inf")
 
 
+def _settings(context: Context) -> tuple[RunSettings, NodePolicy]:
+    """The run's settings as this node will apply them, and the node's own policy."""
+    settings = RunSettings.from_run_config(context.run_config)
+    policy = NodePolicy.from_node_config(dict(context.node_config))
+    if policy.owned:  # a real participant never plays a simulated unreliable one
+        settings = dataclasses.replace(settings, participants_unreliable_fraction=0.0)
+    return settings, policy
+
+
+def _declined(reason: str, n: int, epsilon: float) -> LocalResult:
+    return LocalResult(None, n, math.nan, epsilon, reason)
+
+
 @app.train()
 @sanitised("train")
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on local data under the configured privacy mode."""
-    settings = RunSettings.from_run_config(context.run_config)
+    """Train the received global model on local data under the configured privacy mode.
+
+    The node's policy (:class:`fl_client.policy.NodePolicy`) is checked first; a run it does
+    not allow is declined before any data is touched by a mechanism. The ledger's lock is
+    held from the budget check through the save, so two runs on one node cannot both spend
+    what only one may.
+    """
+    settings, policy = _settings(context)
     pid, num = _identity(context, settings)
     data = _client_data(context, settings, pid, num)
+    path = ledger_path(dict(context.node_config), settings.output_dir, pid)
+    store = LedgerStore(
+        context, path, settings.privacy_delta, settings.privacy_accountant, policy.strict_ledger
+    )
+    refusal = policy.refuse_train(settings, len(data.y_train))
+    if refusal:
+        return train_reply(msg, _declined(refusal, len(data.y_train), math.nan), settings, pid)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
+    with store.exclusive():
+        try:
+            store.load()
+        except LedgerLostError as err:
+            log.error("%s", err)
+            reason = "declined: the node's privacy ledger is missing or lost events (see its log)"
+            return train_reply(msg, _declined(reason, len(data.y_train), math.nan), settings, pid)
+        result = _train_locked(msg, context, settings, policy, data, model, device, store, pid)
+    return train_reply(msg, result, settings, pid)
+
+
+def _train_locked(
+    msg: Message,
+    context: Context,
+    settings: RunSettings,
+    policy: NodePolicy,
+    data: ClientData,
+    model: torch.nn.Module,
+    device: torch.device,
+    store: LedgerStore,
+    pid: int,
+) -> LocalResult:
     server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
-    path = ledger_path(dict(context.node_config), settings.output_dir, pid)
-    store = LedgerStore(context, path, settings.privacy_delta, settings.privacy_accountant)
+    path = store.path
     task = LocalTask(
         settings=settings,
         data=data,
@@ -162,10 +212,11 @@ def train(msg: Message, context: Context) -> Message:
         state=_load_state(context),
         partition_id=pid,
         state_dir=path.parent if path is not None else None,
+        budget=policy.budget(settings),
     )
     result = get_mode(settings.privacy_mode)(task)
     _save_state(context, task.state)
-    return train_reply(msg, result, settings, pid)
+    return result
 
 
 def train_reply(msg: Message, result: LocalResult, settings: RunSettings, pid: int) -> Message:
@@ -215,21 +266,42 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     ledger, or nothing but a refusal when ``privacy.eval_epsilon`` is 0
     (:func:`tasks.evaluation.evaluate_private`); raw metrics under ``privacy.mode=none`` only.
     """
-    settings = RunSettings.from_run_config(context.run_config)
+    settings, policy = _settings(context)
     pid, num = _identity(context, settings)
     data = _client_data(context, settings, pid, num)
+    refusal = policy.refuse_evaluate(settings) or (
+        policy.refuse_train(settings, len(data.y_train)) if policy.owned else ""
+    )
+    if refusal:
+        return evaluate_reply(msg, EvalResult(len(data.y_val), declined=True, reason=refusal), pid)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
     server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
     path = ledger_path(dict(context.node_config), settings.output_dir, pid)
-    store = LedgerStore(context, path, settings.privacy_delta, settings.privacy_accountant)
+    store = LedgerStore(
+        context, path, settings.privacy_delta, settings.privacy_accountant, policy.strict_ledger
+    )
     source = make_source(
         derive_seed(settings.seed, pid, server_round, 0xE7A1),
         reproducible=settings.privacy_reproducible_noise,
     )
-    result = evaluate_private(
-        settings, model, data.x_val, data.y_val, device, store, server_round, source
-    )
+    with store.exclusive():
+        try:
+            result = evaluate_private(
+                settings,
+                model,
+                data.x_val,
+                data.y_val,
+                device,
+                store,
+                server_round,
+                source,
+                budget=policy.budget(settings),
+            )
+        except LedgerLostError as err:
+            log.error("%s", err)
+            reason = "declined: the node's privacy ledger is missing or lost events (see its log)"
+            result = EvalResult(len(data.y_val), declined=True, reason=reason)
     return evaluate_reply(msg, result, pid)
 
 

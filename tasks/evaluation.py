@@ -63,6 +63,7 @@ def evaluate_private(
     ledger: LedgerStore,
     server_round: int,
     source: IntegerSource,
+    budget: float | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on the validation split and release what the privacy mode allows.
 
@@ -78,12 +79,15 @@ def evaluate_private(
         The client's ledger store; an evaluation's spend is saved before anything leaves.
     server_round
         The round, recorded with the event.
+    budget
+        The epsilon the ledger may reach (the node's cap); the run's target if None.
     source
         The noise source (:func:`privacy.laplace.make_source`: OS entropy unless
         ``privacy.reproducible_noise``).
 
     """
     n = len(y_val)
+    cap = settings.privacy_target_epsilon if budget is None else budget
     if settings.privacy_mode == "none":
         loss, acc = evaluate(model, x_val, y_val, device) if n else (math.nan, math.nan)
         return EvalResult(n, loss=loss, accuracy=acc, epsilon=math.inf)
@@ -97,14 +101,14 @@ def evaluate_private(
             reason="declined: federated evaluation is off under DP (privacy.eval_epsilon=0)",
         )
     event = PureDpEvent(epsilon=float(eps), round=server_round, mechanism="evaluation")
-    if n == 0 or book.epsilon_if(event) > settings.privacy_target_epsilon * (1 + 1e-9):
+    if n == 0 or book.epsilon_if(event) > cap * (1 + 1e-9):
         return EvalResult(
             n,
             epsilon=book.epsilon(),
             declined=True,
             reason=(
                 f"declined: an evaluation at epsilon {eps:g} would take epsilon from "
-                f"{book.epsilon():.4g} past the budget {settings.privacy_target_epsilon:g}"
+                f"{book.epsilon():.4g} past the budget {cap:g}"
                 if n
                 else "declined: no validation records"
             ),

@@ -102,6 +102,14 @@ class LocalTask:
     state: dict[str, Any]
     partition_id: int
     state_dir: Path | None = None
+    budget: float | None = None
+    """The epsilon the client's ledger may reach (over every run on its data): the run's
+    ``privacy.target_epsilon``, capped by the node's own policy (``max-epsilon``)."""
+
+    @property
+    def epsilon_budget(self) -> float:
+        """:attr:`budget`, or the run's target when the node sets no cap."""
+        return self.settings.privacy_target_epsilon if self.budget is None else self.budget
 
 
 @dataclass
@@ -244,14 +252,14 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
     plan = dpsgd_plan(task)
     ledger = task.ledger.load()
     n = len(task.data.y_train)
-    if would_exceed(ledger, planned_round_event(plan, task.server_round), s.privacy_target_epsilon):
+    if would_exceed(ledger, planned_round_event(plan, task.server_round), task.epsilon_budget):
         return LocalResult(
             None,
             n,
             float("nan"),
             ledger.epsilon(),
             f"declined: round {task.server_round} would take epsilon from "
-            f"{ledger.epsilon():.4g} past the budget {s.privacy_target_epsilon:g}",
+            f"{ledger.epsilon():.4g} past the budget {task.epsilon_budget:g}",
         )
     secure = noise_secret(task)
     gen = make_generator(None if secure else task.seed, secure=secure)

@@ -154,7 +154,7 @@ def train_functional(task: LocalTask) -> LocalResult:
         event = PureDpEvent(
             epsilon=float(s.training_epsilon), round=task.server_round, mechanism="functional"
         )
-        if ledger.epsilon_if(event) > s.privacy_target_epsilon * (1 + 1e-9):
+        if ledger.epsilon_if(event) > task.epsilon_budget * (1 + 1e-9):
             return LocalResult(
                 None,
                 n,
@@ -162,7 +162,7 @@ def train_functional(task: LocalTask) -> LocalResult:
                 ledger.epsilon(),
                 f"declined: no stored functional-mechanism objective, and a new noise draw "
                 f"would take epsilon from {ledger.epsilon():.4g} past the budget "
-                f"{s.privacy_target_epsilon:g}",
+                f"{task.epsilon_budget:g}",
             )
         feats = model.fm_features(task.data.x_train)
         targets = model.fm_targets(task.data.y_train)

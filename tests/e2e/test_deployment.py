@@ -31,7 +31,10 @@ RUN_TIMEOUT = 900
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     root = tmp_path_factory.mktemp("deployment")
     try:
-        with LocalDeployment(root, nodes=3, fmt="csv") as dep:
+        # the operator of these test nodes also allows privacy=none (the killed-node test)
+        with LocalDeployment(
+            root, nodes=3, fmt="csv", privacy_modes="dpsgd,functional,none"
+        ) as dep:
             yield dep
     finally:
         leftovers = processes_in_home(root)
