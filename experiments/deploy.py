@@ -30,7 +30,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -144,8 +144,10 @@ class LocalDeployment:
         max_epsilon: float = 10.0,
         privacy_modes: str = "dpsgd,functional",
         allow_evaluation: bool = False,
+        node_env: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
         self.root = root
+        self.node_env = dict(node_env or {})
         self.max_epsilon = max_epsilon
         self.privacy_modes = privacy_modes
         self.allow_evaluation = allow_evaluation
@@ -180,6 +182,7 @@ class LocalDeployment:
             self.superlink.address,
             self.pki.ca_cert,
             tuning=self.tuning,
+            extra_env=self.node_env.get(i),
         ).start()
         if i < len(self.nodes):
             self.nodes[i] = node

@@ -63,17 +63,20 @@ class _Process:
 
     name = "flower process"
 
-    def __init__(self, workdir: Path, tuning: Tuning | None) -> None:
+    def __init__(
+        self, workdir: Path, tuning: Tuning | None, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.tuning = tuning or Tuning()
+        self.extra_env = dict(extra_env or {})
         self.flwr_home = workdir / ".flwr"
         self.procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
 
     @property
     def env(self) -> dict[str, str]:
-        """The process environment (own ``FLWR_HOME``, tuning variables)."""
-        return flower_env(self.flwr_home, self.tuning.env())
+        """The process environment (own ``FLWR_HOME``, tuning variables, ``extra_env``)."""
+        return flower_env(self.flwr_home, {**self.tuning.env(), **self.extra_env})
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -294,8 +297,9 @@ class SuperNode(_Process):
         port: int = 0,
         tuning: Tuning | None = None,
         max_retries: int | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(workdir, tuning)
+        super().__init__(workdir, tuning, extra_env)
         self.node = node
         self.superlink = superlink
         self.root_certificates = root_certificates
