@@ -75,7 +75,9 @@ class DevPki:
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only, also when the file already existed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode applies to new files only
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
@@ -191,7 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m experiments.certs DIR --nodes 3 [--host NAME ...]``."""
     parser = argparse.ArgumentParser(prog="python -m experiments.certs", description=__doc__)
     parser.add_argument("dir", type=Path, help="directory to write into (created)")
-    parser.add_argument("--nodes", type=int, default=3, help="node key pairs to create")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="node key pairs to create here (for trials only: participants make their own "
+        "with python -m experiments.deploy node-key, and send only the .pub)",
+    )
     parser.add_argument(
         "--host",
         action="append",

@@ -6,6 +6,8 @@ Commands (README "Running on several machines"):
     Start a SuperLink with TLS and SuperNode authentication; runs until Ctrl-C.
 ``register``
     Admit SuperNodes' public keys (``flwr supernode register``).
+``node-key``
+    Make a node's key pair on the participant's machine (only ``OUT.pub`` goes to the operator).
 ``init-ledger``
     Create a node's privacy ledger when the node is set up (``--force`` re-initialises one,
     forgetting what its data spent: with a warning).
@@ -36,7 +38,7 @@ from pathlib import Path
 from cryptography import x509
 from omegaconf import DictConfig
 
-from experiments.certs import DevPki, make_dev_pki
+from experiments.certs import DevPki, make_dev_pki, make_node_key
 from experiments.deployment import (
     NodeSpec,
     SuperLink,
@@ -46,6 +48,7 @@ from experiments.deployment import (
     register_node,
 )
 from experiments.launcher import REPO, FlowerCli
+from experiments.proxy import ParticipantProxy
 from privacy.ledger_file import init_ledger
 
 ENGINES = ("simulation", "deployment")
@@ -145,8 +148,11 @@ class LocalDeployment:
         privacy_modes: str = "dpsgd,functional",
         allow_evaluation: bool = False,
         node_env: Mapping[int, Mapping[str, str]] | None = None,
+        proxy: bool = False,
     ) -> None:
         self.root = root
+        self.use_proxy = proxy
+        self.proxy: ParticipantProxy | None = None
         self.node_env = dict(node_env or {})
         self.max_epsilon = max_epsilon
         self.privacy_modes = privacy_modes
@@ -179,7 +185,7 @@ class LocalDeployment:
         node = SuperNode(
             self.root / f"node-{i}",
             self.node_spec(i),
-            self.superlink.address,
+            self.participant_address,
             self.pki.ca_cert,
             tuning=self.tuning,
             extra_env=self.node_env.get(i),
@@ -190,6 +196,14 @@ class LocalDeployment:
             self.nodes.append(node)
         return node
 
+    @property
+    def participant_address(self) -> str:
+        """Where SuperNodes dial: the Fleet-only proxy when there is one, else the SuperLink."""
+        if self.proxy is not None:
+            return self.proxy.address
+        assert self.superlink is not None
+        return self.superlink.address
+
     def __enter__(self) -> LocalDeployment:
         try:
             self.pki = make_dev_pki(self.root / "pki", self.num_nodes)
@@ -198,6 +212,10 @@ class LocalDeployment:
             )
             self.superlink = SuperLink(self.root / "superlink", self.pki, tuning=self.tuning)
             self.superlink.start()
+            if self.use_proxy:  # participants reach the Fleet API only
+                self.proxy = ParticipantProxy(
+                    self.root / "proxy", self.pki, self.superlink.address
+                ).start()
             cli = self.superlink.cli()
             for i in range(self.num_nodes):
                 register_node(cli, self.pki.node_pub(i), name=f"node-{i}")
@@ -213,6 +231,8 @@ class LocalDeployment:
     def __exit__(self, *exc: object) -> None:
         for node in self.nodes:
             node.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         if self.superlink is not None:
             self.superlink.stop()
 
@@ -232,7 +252,7 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _wait_forever(procs: Sequence[SuperLink | SuperNode]) -> None:
+def _wait_forever(procs: Sequence[SuperLink | SuperNode | ParticipantProxy]) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (``&``)
     try:
@@ -271,8 +291,20 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="directory with server.crt, server.key, ca.crt (experiments.certs)",
     )
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="where the SuperLink (Fleet, Control and Runtime APIs) listens: keep it on the "
+        "operator's loopback and let participants in through --participant-port",
+    )
     s.add_argument("--port", type=int, default=9092)
+    s.add_argument(
+        "--participant-port",
+        type=int,
+        default=None,
+        help="start the Fleet-only proxy (nginx) here for the participants' SuperNodes",
+    )
+    s.add_argument("--participant-host", default="0.0.0.0")
     s.add_argument(
         "--home",
         type=Path,
@@ -323,6 +355,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     tuned(n)
 
+    nk = sub.add_parser("node-key", help="make this node's key pair (on the participant's machine)")
+    nk.add_argument("out", type=Path, help="private key path; the public key is OUT.pub")
+
     il = sub.add_parser("init-ledger", help="create a node's privacy ledger (node set-up)")
     il.add_argument("--ledger-dir", type=Path, required=True)
     il.add_argument("--client-id", type=int, required=True)
@@ -346,6 +381,11 @@ def _parser() -> argparse.ArgumentParser:
     loc.add_argument("--max-epsilon", type=float, default=10.0, help="every node's cap")
     loc.add_argument("--privacy-modes", default="dpsgd,functional")
     loc.add_argument("--allow-evaluation", action="store_true")
+    loc.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="let the SuperNodes dial the SuperLink directly (no Fleet-only nginx proxy)",
+    )
     loc.add_argument("overrides", nargs="*", help="Hydra overrides for the exported data")
     tuned(loc)
     return p
@@ -360,15 +400,48 @@ def main(argv: list[str] | None = None) -> None:
     if extra:  # Hydra overrides given after the options
         args.overrides = [*args.overrides, *extra]
     if args.command == "superlink":
+        loopback = args.host in ("127.0.0.1", "localhost", "::1")
+        if args.participant_port is not None and not loopback:
+            parser.error(
+                f"--host must be a loopback address with --participant-port (the Control API "
+                f"would be open to participants otherwise), got {args.host!r}"
+            )
+        if args.participant_port is None and not loopback:
+            print(
+                f"warning: the SuperLink on {args.host} serves its Control API to everyone "
+                "who can reach it (submit runs, register node keys); use --host 127.0.0.1 "
+                "--participant-port PORT",
+                file=sys.stderr,
+            )
         pki = DevPki(args.certs.resolve(), 0)
         link = SuperLink(args.home.resolve(), pki, args.host, args.port, _tuning(args))
         with link:
+            procs: list[SuperLink | SuperNode | ParticipantProxy] = [link]
+            if args.participant_port is not None:
+                proxy = ParticipantProxy(
+                    args.home.resolve() / "proxy",
+                    pki,
+                    link.address,
+                    args.participant_host,
+                    args.participant_port,
+                ).start()
+                procs.append(proxy)
             print(
-                f"SuperLink on {args.host}:{args.port} (TLS, node authentication); "
-                f"log {link.workdir / 'superlink.log'}; Ctrl-C stops it",
+                f"SuperLink on {args.host}:{args.port} (TLS, node authentication; operator "
+                "only)"
+                + (
+                    f"; participants' Fleet API on {args.participant_host}:{args.participant_port}"
+                    if args.participant_port is not None
+                    else ""
+                )
+                + f"; log {link.workdir / 'superlink.log'}; Ctrl-C stops it",
                 flush=True,
             )
-            _wait_forever([link])
+            try:
+                _wait_forever(procs)
+            finally:
+                for p in procs[1:]:
+                    p.stop()
     elif args.command == "register":
         with tempfile.TemporaryDirectory(prefix="fedpriv-register-") as tmp:
             cli = connect(args.superlink, args.ca, Path(tmp))
@@ -400,6 +473,9 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             _wait_forever([node])
+    elif args.command == "node-key":
+        make_node_key(args.out, args.out.with_name(args.out.name + ".pub"))
+        print(f"private key {args.out} (0600, stays here); send {args.out}.pub to the operator")
     elif args.command == "init-ledger":
         if args.force:
             print(
@@ -425,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
             max_epsilon=args.max_epsilon,
             privacy_modes=args.privacy_modes,
             allow_evaluation=args.allow_evaluation,
+            proxy=not args.no_proxy,
         ) as dep:
             assert dep.superlink is not None
             print(
