@@ -28,12 +28,14 @@ federation.superlink=HOST:PORT federation.root_certificates=CA ...``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from omegaconf import DictConfig
@@ -47,6 +49,7 @@ from experiments.deployment import (
     connect,
     register_node,
 )
+from experiments.fab_guard import fab_hash
 from experiments.launcher import REPO, FlowerCli
 from experiments.proxy import ParticipantProxy
 from privacy.ledger_file import init_ledger
@@ -149,7 +152,11 @@ class LocalDeployment:
         allow_evaluation: bool = False,
         node_env: Mapping[int, Mapping[str, str]] | None = None,
         proxy: bool = False,
+        approve_fabs: bool = False,
+        node_overrides: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> None:
+        self.approved = (fab_hash(REPO),) if approve_fabs else ()
+        self.node_overrides = {i: dict(o) for i, o in (node_overrides or {}).items()}
         self.root = root
         self.use_proxy = proxy
         self.proxy: ParticipantProxy | None = None
@@ -169,7 +176,7 @@ class LocalDeployment:
     def node_spec(self, i: int) -> NodeSpec:
         """Node ``i``'s key, data file and ledger directory."""
         assert self.pki is not None
-        return NodeSpec(
+        spec = NodeSpec(
             i,
             self.pki.node_key(i),
             self.data[i],
@@ -177,7 +184,9 @@ class LocalDeployment:
             max_epsilon=self.max_epsilon,
             privacy_modes=self.privacy_modes,
             allow_evaluation=self.allow_evaluation,
+            approved_fabs=self.approved,
         )
+        return dataclasses.replace(spec, **self.node_overrides.get(i, {}))
 
     def start_node(self, i: int) -> SuperNode:
         """(Re)start SuperNode ``i`` (it keeps its data file and ledger directory)."""
@@ -353,7 +362,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="node policy: allow federated evaluation (noisy, accounted) on its data",
     )
+    n.add_argument(
+        "--approve-fab",
+        action="append",
+        default=[],
+        metavar="HASH",
+        help="run only apps with this FAB hash (repeatable; python -m experiments.deploy "
+        "fab-hash prints this checkout's)",
+    )
     tuned(n)
+
+    fh = sub.add_parser("fab-hash", help="the FAB hash of an app directory (for --approve-fab)")
+    fh.add_argument("app", type=Path, nargs="?", default=REPO)
 
     nk = sub.add_parser("node-key", help="make this node's key pair (on the participant's machine)")
     nk.add_argument("out", type=Path, help="private key path; the public key is OUT.pub")
@@ -457,7 +477,13 @@ def main(argv: list[str] | None = None) -> None:
             max_epsilon=args.max_epsilon,
             privacy_modes=args.privacy_modes,
             allow_evaluation=args.allow_evaluation,
+            approved_fabs=tuple(args.approve_fab),
         )
+        if not args.approve_fab:
+            print(
+                "warning: no --approve-fab: this node runs any app a submitted run names",
+                file=sys.stderr,
+            )
         if not (args.ledger_dir / f"client-{args.client_id}.json").exists():
             print(
                 f"warning: no ledger in {args.ledger_dir} yet: the node will refuse to train "
@@ -473,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             _wait_forever([node])
+    elif args.command == "fab-hash":
+        print(fab_hash(args.app.resolve()))
     elif args.command == "node-key":
         make_node_key(args.out, args.out.with_name(args.out.name + ".pub"))
         print(f"private key {args.out} (0600, stays here); send {args.out}.pub to the operator")
@@ -502,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
             privacy_modes=args.privacy_modes,
             allow_evaluation=args.allow_evaluation,
             proxy=not args.no_proxy,
+            approve_fabs=True,
         ) as dep:
             assert dep.superlink is not None
             print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,8 @@ class NodeSpec:
     every run."""
     privacy_modes: str = "dpsgd,functional"
     allow_evaluation: bool = False
+    approved_fabs: tuple[str, ...] = ()
+    """FAB hashes this node runs (``experiments.fab_guard``); empty: any app (not advised)."""
 
     def node_config(self) -> str:
         """``--node-config`` value: identity, data, ledger and the node's privacy policy."""
@@ -323,7 +326,7 @@ class SuperNode(_Process):
             "--port",
             str(self.port),
             "--isolation",
-            self.tuning.isolation,
+            "process" if self.node.approved_fabs else self.tuning.isolation,
         ]
         if self.max_retries is not None:
             cmd += ["--max-retries", str(self.max_retries)]
@@ -334,16 +337,26 @@ class SuperNode(_Process):
         proc = self._spawn(self.command(), "supernode.log")
         try:
             wait_for_port(self.port, proc, timeout, self.name)
-            if self.tuning.isolation == "process":
+            superexec_args = [
+                "--insecure",  # loopback only: the node's own Runtime API
+                "--runtime-api-address",
+                f"127.0.0.1:{self.port}",
+            ]
+            if self.node.approved_fabs:  # Flower's SuperExec, launching approved apps only
+                approve = [a for h in self.node.approved_fabs for a in ("--approve", h)]
                 self._spawn(
                     [
-                        bin_path("flower-superexec"),
-                        "--insecure",  # loopback only: the node's own Runtime API
-                        "--runtime-api-address",
-                        f"127.0.0.1:{self.port}",
+                        sys.executable,
+                        "-m",
+                        "experiments.fab_guard",
+                        *approve,
+                        "--",
+                        *superexec_args,
                     ],
                     "superexec.log",
                 )
+            elif self.tuning.isolation == "process":
+                self._spawn([bin_path("flower-superexec"), *superexec_args], "superexec.log")
         except BaseException:
             self.stop()
             raise

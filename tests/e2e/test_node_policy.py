@@ -22,6 +22,7 @@ from experiments.certs import make_node_key
 from experiments.deploy import LocalDeployment
 from experiments.deployment import connect, register_node
 from experiments.launcher import processes_in_home, stop_process_tree
+from privacy.ledger_file import init_ledger
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
     root = tmp_path_factory.mktemp("policy")
     try:
-        with LocalDeployment(root, nodes=2, max_epsilon=1.0, proxy=True) as dep:
+        with LocalDeployment(root, nodes=2, max_epsilon=1.0, proxy=True, approve_fabs=True) as dep:
             yield dep
     finally:
         leftovers = processes_in_home(root)
@@ -138,6 +139,27 @@ def test_a_node_with_a_deleted_ledger_refuses_to_train(deployment, tmp_path: Pat
     assert clients.loc[0, "status"] == "declined"
     assert "ledger is missing or lost events" in clients.loc[0, "reason"]
     assert not ledger.exists()  # nothing re-created behind the operator's back
+
+
+def test_a_node_runs_only_an_app_its_operator_approved(deployment, tmp_path: Path) -> None:
+    init_ledger(deployment.node_spec(0).ledger_dir, 0, force=True)  # after the test above
+    deployment.node_overrides[1] = {"approved_fabs": ("0" * 64,)}  # not this checkout's app
+    deployment.nodes[1].stop()
+    deployment.start_node(1)
+    try:
+        res = _run(
+            deployment, tmp_path, "privacy.target_epsilon=0.2", "federation.round_timeout=40"
+        )
+    finally:
+        deployment.node_overrides.pop(1)
+        deployment.nodes[1].stop()
+        deployment.start_node(1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    clients = _clients(tmp_path).set_index("partition_id")
+    assert clients.loc[0, "status"] == "trained"  # node 0 approved this very app
+    assert (clients["status"] == "trained").sum() == 1  # node 1 never ran it
+    log = (deployment.root / "node-1" / "superexec.log").read_text()
+    assert "is not approved on this node" in log
 
 
 def test_the_participants_side_can_neither_submit_a_run_nor_register_a_key(
