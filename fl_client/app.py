@@ -139,6 +139,7 @@ def _model(settings: RunSettings, data: ClientData, msg: Message) -> torch.nn.Mo
 
 
 def _finite(x: float) -> float:
+    """Epsilon as sent: finite, or +inf (no privacy, or unknown because the ledger is lost)."""
     return float(x) if math.isfinite(x) else float("inf")
 
 
@@ -153,6 +154,14 @@ def _settings(context: Context) -> tuple[RunSettings, NodePolicy]:
 
 def _declined(reason: str, n: int, epsilon: float) -> LocalResult:
     return LocalResult(None, n, math.nan, epsilon, reason)
+
+
+def _spent(store: LedgerStore) -> float:
+    """The ledger's epsilon for a refusal's reply (0 when there is none yet, NaN if lost)."""
+    try:
+        return store.load().epsilon()
+    except (LedgerLostError, ValueError, OSError):
+        return math.nan
 
 
 @app.train()
@@ -174,7 +183,8 @@ def train(msg: Message, context: Context) -> Message:
     )
     refusal = policy.refuse_train(settings, len(data.y_train))
     if refusal:
-        return train_reply(msg, _declined(refusal, len(data.y_train), math.nan), settings, pid)
+        eps = _spent(store)
+        return train_reply(msg, _declined(refusal, len(data.y_train), eps), settings, pid)
     device = select_device(settings.device)
     model = _model(settings, data, msg).to(device)
     with store.exclusive():
