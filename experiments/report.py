@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,19 @@ from omegaconf import OmegaConf  # noqa: E402
 from privacy import PrivacyLedger, PureDpEvent, SampledGaussianEvent  # noqa: E402
 from protocol.atomic import write_atomically, write_with  # noqa: E402
 
+LEDGER_FILE = re.compile(r"client-(\d+)\.json")
+"""A client's ledger file; its head (``client-N.head.json``) and lock lie beside it."""
+
+
+def ledger_files(out_dir: Path) -> list[tuple[int, Path]]:
+    """``(partition id, path)`` of every client ledger in ``out_dir/ledgers``, by id."""
+    found = []
+    for path in (out_dir / "ledgers").glob("client-*.json"):
+        match = LEDGER_FILE.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
 
 def _distinct(values: list[float]) -> str:
     return ";".join(f"{v:.6g}" for v in sorted(set(values)))
@@ -36,12 +50,12 @@ def _distinct(values: list[float]) -> str:
 def privacy_events(out_dir: Path) -> pd.DataFrame:
     """One row per ledger event of every client (``privacy_events.csv``)."""
     rows = []
-    for path in sorted((out_dir / "ledgers").glob("client-*.json")):
+    for pid, path in ledger_files(out_dir):
         ledger = PrivacyLedger.load(path)
         for i, e in enumerate(ledger.events):
             rows.append(
                 {
-                    "partition_id": int(path.stem.split("-")[1]),
+                    "partition_id": pid,
                     "event": i,
                     "kind": e.kind,
                     "round": e.round,
@@ -57,10 +71,7 @@ def privacy_events(out_dir: Path) -> pd.DataFrame:
 
 def ledger_epsilons(out_dir: Path) -> dict[int, float]:
     """Each client's epsilon recomputed from its ledger file (simulation: ``ledgers/``)."""
-    return {
-        int(path.stem.split("-")[1]): PrivacyLedger.load(path).epsilon()
-        for path in sorted((out_dir / "ledgers").glob("client-*.json"))
-    }
+    return {pid: PrivacyLedger.load(path).epsilon() for pid, path in ledger_files(out_dir)}
 
 
 def privacy_table(out_dir: Path) -> pd.DataFrame:
@@ -73,13 +84,13 @@ def privacy_table(out_dir: Path) -> pd.DataFrame:
     (``privacy.mode=none``) appear from ``clients.csv`` with epsilon = inf.
     """
     rows = []
-    for path in sorted((out_dir / "ledgers").glob("client-*.json")):
+    for pid, path in ledger_files(out_dir):
         ledger = PrivacyLedger.load(path)
         sgm = [e for e in ledger.events if isinstance(e, SampledGaussianEvent)]
         pure = [e for e in ledger.events if isinstance(e, PureDpEvent)]
         rows.append(
             {
-                "partition_id": int(path.stem.split("-")[1]),
+                "partition_id": pid,
                 "epsilon": ledger.epsilon(),
                 "delta": ledger.delta,
                 "accountant": ledger.accountant,
