@@ -285,17 +285,26 @@ class FedPrivMixin(Resumable):
     def _screen(
         self, usable: list[tuple[ClientOutcome, Weights, Message]], reference: Weights
     ) -> list[tuple[ClientOutcome, Weights, Message]]:
-        """Reject update-norm outliers, then cap example counts (hostile replies)."""
+        """Reject update-norm outliers, then cap example counts (hostile replies).
+
+        With 3 or more updates each is compared with the median of the round's others; with
+        fewer, with the median norm of the last round that had a median (remembered), so that
+        two replies cannot smuggle a 1e30 update past the screen.
+        """
         norms = [update_norm({k: w[k] - reference[k] for k in reference}) for _, w, _ in usable]
+        if len(norms) >= 3:
+            flags = norm_outliers(norms, NORM_OUTLIER_FACTOR)
+            self.norm_reference = float(np.median(norms))
+        else:
+            ref = getattr(self, "norm_reference", None)
+            flags = [ref is not None and x > NORM_OUTLIER_FACTOR * ref for x in norms]
         kept = []
-        for (o, w, m), outlier, norm in zip(
-            usable, norm_outliers(norms, NORM_OUTLIER_FACTOR), norms, strict=True
-        ):
+        for (o, w, m), outlier, norm in zip(usable, flags, norms, strict=True):
             if outlier:
                 o.status = "rejected"
                 o.reason = (
                     f"update norm {norm:.4g} is more than {NORM_OUTLIER_FACTOR:g}x the median "
-                    "of the round's other updates"
+                    "of the round's other updates (or, with fewer than 3, of the last round's)"
                 )
             else:
                 kept.append((o, w, m))

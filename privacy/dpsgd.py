@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -317,7 +318,11 @@ def make_private(
         )
     # The engine's accountant only keeps the history of steps taken (PrivateTraining.event);
     # the guarantee is composed by the ledger's accountant (plan.accountant), not by Opacus.
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    with warnings.catch_warnings():
+        # Opacus warns that its torchcsprng secure mode is off; our noise is still secret
+        # (OS-entropy seeds, 4-Gaussian sampling: see privacy.rng), so the warning misleads.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     # Opacus' _prepare_data_loader builds the DPDataLoader with generator=engine.secure_rng,
     # which is None outside secure mode, so DPDataLoader would fall back to the original
     # loader's generator (normally None -> torch's global RNG). Setting secure_rng routes our

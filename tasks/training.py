@@ -26,10 +26,7 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device must name an available device: {preference!r} was asked for "
-            "but no CUDA device is available; use device=cpu or auto"
-        )
+        raise ValueError(f"device={preference!r} but no CUDA device is available; use device=cpu")
     return torch.device(preference)
 
 

@@ -180,3 +180,13 @@ def test_a_hostile_evaluate_reply_is_left_out() -> None:
     metrics = s.aggregate_evaluate(1, [*good, bad, worse])
     assert metrics is not None
     assert metrics[keys.VAL_ACCURACY] == pytest.approx((10 * 0.8 + 30 * 0.6) / 40)
+
+
+def test_with_two_replies_a_huge_update_is_screened_against_the_last_rounds_median() -> None:
+    s = _strategy()
+    s.aggregate_train(1, [trained(1, 1.0, 10), trained(2, 1.1, 10), trained(3, 0.9, 10)])
+    arrays, out = s.aggregate_train(2, [trained(1, 1.0, 10), trained(3, 1e30, 10)])
+    bad = next(o for o in s.rounds[2].outcomes if o.node_id == 3)
+    assert bad.status == "rejected" and "update norm" in bad.reason
+    assert out["trained"] == 1
+    np.testing.assert_allclose(from_record(arrays)["w"], 1.0)

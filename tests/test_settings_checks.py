@@ -52,7 +52,7 @@ def test_batch_larger_than_the_smallest_client_is_refused() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_cuda_without_a_gpu_is_refused_up_front() -> None:
-    with pytest.raises(ValueError, match=r"device must name an available device: 'cuda'"):
+    with pytest.raises(ValueError, match=r"device='cuda' but no CUDA device is available"):
         check_data(dataclasses.replace(BASE, device="cuda"))
     with pytest.raises(ValueError, match=r"federation\.client_gpus must be 0 on a machine"):
         check_resources(1, 1)

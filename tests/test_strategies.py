@@ -66,10 +66,11 @@ def test_registry_matches_the_names_settings_accept() -> None:
 
 @pytest.mark.parametrize("name", sorted(protocol.settings.STRATEGIES))
 def test_make_strategy_builds_every_registered_strategy(name: str) -> None:
-    settings = _settings(name)
+    n = REPLIES.get(name, 5)  # Bulyan needs 4 * num_malicious + 3 clients a round
+    settings = _settings(name, num_clients=n)
     strategy = make_strategy(settings)
     assert isinstance(strategy, FedPrivMixin)
-    assert strategy.min_available_nodes == 5
+    assert strategy.min_available_nodes == n
     assert strategy.fraction_train == settings.fraction_train
     assert strategy.rounds == {} and strategy.current is None
     if name in ("fedavg", "scorer"):

@@ -9,18 +9,24 @@ must complete, every hostile reply must be rejected (or its count capped) with i
 federation of three honest nodes. Each federation is stopped, and checked to have left no
 process behind, before the next one starts.
 
-Why 6 rounds and ``privacy.reproducible_noise=true`` (measured in process with
-``bench/_inprocess.py``, the same client and server code, 20-40 seeds each):
+Why 6 rounds and ``privacy=none`` (measured in process with ``bench/_inprocess.py``, the same
+client and server code, 20-40 federations per setting):
 
 * With 4 rounds the last aggregate is 10/12 the hostile node's update (its 10**12 examples are
-  capped to 10x the median of the two others), i.e. mostly one node's DP noise instead of the
-  average of three: the hostile run ends 4-5 points below the clean one on average.
-* Two honest rounds after the attacks close that gap (mean difference under 0.5 points), but
-  with secret noise two single runs still differ by DP noise alone by 2-4 points (standard
-  deviation), more than the tolerance. With the noise derived from the seed, both runs draw
-  the same noise (common random numbers) and the difference is the hostile node's doing: 3
-  points or less for about 93% of seeds at 6 rounds (the test runs seed 0, 0.5 points).
-  Privacy against whoever knows the seed is irrelevant to this test.
+  capped to 10x the median of the two others), mostly one node's update instead of the
+  average of three: without privacy the hostile run ends 1.7 points below the clean one on
+  average and up to 8 points (seeds 0-19). Two honest rounds after the attacks close that gap:
+  with 6 rounds no seed of 20 differed by more than 0.7 points.
+* Under ``privacy=dpsgd privacy.target_epsilon=8`` one run's final accuracy varies by 2-4
+  points (standard deviation) from DP noise alone with the default training, so two runs
+  differ by more than 3 points about half the time at 4 rounds and a third of the time at 6-8;
+  the least noisy DP training found (logistic regression, full batch, 20 local steps) still
+  leaves about 2% of pairs more than 3 points apart. A deployment node never derives its noise
+  from the run's seed (its policy declines ``privacy.reproducible_noise``), so the two runs
+  cannot share their noise either. The server's reply validation does not depend on the
+  privacy mode, so both runs train without privacy (the nodes' operator allows ``privacy=none``
+  here): training is then deterministic given the seed, and the difference between the runs is
+  the hostile node's doing.
 """
 
 from __future__ import annotations
@@ -50,9 +56,7 @@ HOSTILE = 2  # the node (and partition) that runs the hostile ClientApp
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
 SETTINGS = (
     "dataset=digits",
-    "privacy=dpsgd",
-    "privacy.target_epsilon=8",
-    "privacy.reproducible_noise=true",  # both runs draw the same noise: see the docstring
+    "privacy=none",  # deterministic training: see the module docstring
     f"federation.rounds={ROUNDS}",
     "federation.num_clients=3",
     "federation.fraction_evaluate=0",
@@ -133,7 +137,9 @@ def _federation(root: Path, node_env: Mapping[int, Mapping[str, str]] | None = N
     hostile_log = root / "hostile.log"
     started = time.monotonic()
     try:
-        with LocalDeployment(root, nodes=3, fmt="csv", node_env=node_env) as dep:
+        with LocalDeployment(
+            root, nodes=3, fmt="csv", node_env=node_env, privacy_modes="dpsgd,functional,none"
+        ) as dep:
             output = _finish(proc := _submit(dep, out))
             node_logs = [node.log_text() for node in dep.nodes]
             # stop them all at once (each takes seconds to exit), not one after the other
@@ -232,5 +238,5 @@ def test_final_accuracy_is_within_3_points_of_the_clean_run(
     )
     clients = clean.clients()
     assert (clients["status"] == "trained").all() and len(clients) == 3 * ROUNDS
-    assert without > 0.5, clean.output  # a trained model, so that the comparison means something
+    assert without > 0.8, clean.output  # a trained model, so that the comparison means something
     assert abs(with_hostile - without) <= TOLERANCE, (with_hostile, without)
