@@ -59,6 +59,11 @@ class Tuning:
         return {POLL_ENV: str(self.task_poll_interval)}
 
 
+def dial_address(host: str, port: int) -> str:
+    """``host:port`` to dial a server bound to ``host`` (a wildcard bind is dialled on loopback)."""
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 class _Process:
     """One long-running Flower process (plus an optional SuperExec beside it), owned by PID."""
 
@@ -154,8 +159,7 @@ class SuperLink(_Process):
     @property
     def address(self) -> str:
         """``host:port`` as clients dial it."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"{host}:{self.port}"
+        return dial_address(self.host, self.port)
 
     def command(self) -> list[str]:
         """The ``flower-superlink`` command line."""

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from experiments.certs import DevPki
-from experiments.deployment import _Process
+from experiments.deployment import _Process, dial_address
 from experiments.launcher import free_port, wait_for_port
 
 FLEET_PREFIX = "/v1/fleet/"
@@ -114,8 +114,7 @@ class ParticipantProxy(_Process):
     @property
     def address(self) -> str:
         """``host:port`` as participants dial it."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"{host}:{self.port}"
+        return dial_address(self.host, self.port)
 
     def start(self, timeout: float = 30) -> ParticipantProxy:
         """Write the configuration and start nginx in the foreground; wait until it listens."""
