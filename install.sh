@@ -33,7 +33,7 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 "$venv/bin/python" - <<'PY'
 import hashlib, pathlib, mnist
-from tasks.datasets import MNIST_SHA256
+from tasks.data.images import MNIST_SHA256
 data = pathlib.Path(mnist.__file__).parent / "data" / "mnist.pkl.gz"
 digest = hashlib.sha256(data.read_bytes()).hexdigest()
 assert digest == MNIST_SHA256, f"{data}: sha256 {digest} != {MNIST_SHA256}"

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.settings import RunSettings
-from tasks.datasets import load_dataset
-from tasks.partition import specs_from_settings
+from tasks.data import load_dataset, specs_from_settings
 
 DATASETS = {
     # name: (model, metric, higher is better)
@@ -31,7 +30,7 @@ def references(dataset: str, seed: int) -> tuple[float, float]:
     records, and the training mean; test MSE of log(wage). They tell whether 'none' has
     converged and whether a private model learnt anything.
     """
-    from tasks.tabular import public_bounds
+    from tasks.data import public_bounds
 
     bundle = load_dataset(specs_from_settings(RunSettings(dataset_name=dataset, seed=seed))[0])
     bounds = public_bounds(dataset)
@@ -174,7 +173,7 @@ def timing_rows(
     """Print the functional/none client round-time ratios; their CSV rows."""
     csv_rows: list[dict[str, Any]] = []
     print(
-        "\ntime per client round: wall time around the privacy mode's call (tasks.local), "
+        "\ntime per client round: wall time around the privacy mode's call (tasks.training), "
         "median over clients x rounds x seeds, functional at epsilon 1"
     )
     for name in args.datasets:

@@ -1,6 +1,6 @@
 """In-process federations for the benchmarks: the project's client and server code, no transport.
 
-Each round, every client trains through the real local privacy mode (:mod:`tasks.local`,
+Each round, every client trains through the real local privacy mode (:mod:`tasks.training`,
 with its ledger and node state kept across rounds) and answers a real Flower train message
 with the reply the ClientApp builds (:func:`fl_client.app.train_reply`); the strategy the
 ServerApp uses aggregates those replies. Only Flower's transport (SuperLink, SuperNodes) is
@@ -22,9 +22,9 @@ from privacy import derive_seed
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.local import LocalResult, LocalTask, MemoryLedgerStore, get_mode
+from tasks.data import ClientData
 from tasks.models import ModelSpec, build_model, set_weights
-from tasks.partition import ClientData
+from tasks.training import LocalResult, LocalTask, MemoryLedgerStore, trainer_for
 
 Weights = dict[str, np.ndarray]
 Observer = Callable[[int, int, LocalResult, float], None]
@@ -76,7 +76,7 @@ def run_rounds(
         pid: MemoryLedgerStore(settings.privacy_delta, settings.privacy_accountant) for pid in data
     }
     states: dict[int, dict[str, Any]] = {pid: {} for pid in data}
-    mode = get_mode(settings.privacy_mode)
+    mode = trainer_for(settings.privacy_mode)
     device = torch.device("cpu")
     g = weights
     for rnd in range(1, settings.num_rounds + 1):

@@ -42,9 +42,8 @@ from fl_server.strategies import make_strategy
 from privacy import plan_dpsgd
 from privacy.accounting import History, get_accountant, register_accountant
 from protocol.settings import RunSettings
-from tasks.datasets import load_dataset
+from tasks.data import load_client_data, load_dataset, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights
-from tasks.partition import load_client_data, specs_from_settings
 from tasks.training import evaluate
 
 

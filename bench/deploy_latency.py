@@ -17,8 +17,8 @@ rounds 2.. (steady state): simulation's first round also starts Ray and its acto
                 since federated evaluation under DP must be asked for).
 ``trusted``     ``no-eval`` on the deployment a participant can trust (docs/deployment.md):
                 SuperNodes behind the Fleet-only nginx proxy, each running only the approved
-                FAB through ``experiments.fab_guard`` (hence ``--isolation process``), with
-                their node policy and locked ledgers.
+                FAB through ``experiments.processes.fab_guard`` (hence ``--isolation
+                process``), with their node policy and locked ledgers.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from experiments.deploy import LocalDeployment  # noqa: E402
-from experiments.deployment import Tuning  # noqa: E402
+from experiments.local_deployment import LocalDeployment  # noqa: E402
+from experiments.processes.launcher import Tuning  # noqa: E402
 
 COMMON = ["dataset=digits", "privacy=dpsgd", "privacy.target_epsilon=4", "federation.num_clients=3"]
 NO_EVAL = ["federation.fraction_evaluate=0"]

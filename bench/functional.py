@@ -11,7 +11,7 @@ reports the global model's test accuracy (Adult, ``logistic``) or test mean squa
 
 The rounds run in this process through the project's real code: the same client data path
 (datasets, flwr-datasets partitioners, train/validation split), the real local privacy modes
-(``tasks.local``: ``functional``, ``dpsgd``, ``none``) with each client's ledger and state, real
+(``tasks.training``: ``functional``, ``dpsgd``, ``none``) with each client's ledger and state, real
 Flower train replies built as the ClientApp builds them, and the strategy the ServerApp uses
 (``fl_server.strategies.make_strategy``: example-weighted FedAvg); only Flower's transport
 (SuperLink, SuperNodes) is left out, which changes no number here. The functional
@@ -53,11 +53,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from experiments.config import check_data
 from fl_server.strategies import make_strategy
 from protocol.settings import RunSettings
-from tasks.datasets import load_dataset
-from tasks.local import LocalResult
+from tasks.data import load_client_data, load_dataset, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
-from tasks.partition import load_client_data, specs_from_settings
-from tasks.training import evaluate
+from tasks.training import LocalResult, evaluate
 
 
 def federation(settings: RunSettings) -> dict[str, Any]:

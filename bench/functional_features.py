@@ -7,13 +7,13 @@ makes that choice without touching a test set:
 
 * Adult: ``adult.data`` only (the official ``adult.test`` file is never read), cut into a
   fitting part (80%) and a validation part (20%), stratified by label, seeded.
-* Wage: the training split of :mod:`tasks.tabular`'s seeded 80/20 split, cut again 80/20;
+* Wage: the training split of :mod:`tasks.data.tabular`'s seeded 80/20 split, cut again 80/20;
   the Wage test split is never read.
 
 The fitting part is dealt out IID to ``--clients`` clients; each builds its exact objective
 on its records (normalised by public bounds), adds ``Laplace(Delta/epsilon)`` once
-(:class:`privacy.functional_mechanism.FunctionalMechanism`, ``bound="l2"``), and the server
-minimises the sum (:func:`privacy.functional_aggregate.solve_summed`), as
+(:class:`privacy.functional.mechanism.FunctionalMechanism`, ``bound="l2"``), and the server
+minimises the sum (:func:`privacy.functional.aggregate.solve_summed`), as
 ``privacy.functional_aggregation=objective`` does. The validation metric is averaged over
 ``--draws`` noise draws. Forward selection starts from no attribute and adds, at each step,
 the candidate that helps the functional mechanism most; it prints every step with the
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from privacy.functional import FeatureBounds, FunctionalMechanism, TargetBounds
-from privacy.functional_aggregate import solve_summed
-from tasks.tabular import (
+from privacy.functional.aggregate import solve_summed
+from tasks.data.tabular import (
     WAGE_TARGET_BOUNDS,
     WAGE_TEST_FRACTION,
     _level,
@@ -44,7 +44,7 @@ from tasks.tabular import (
 
 Column = Callable[[pd.DataFrame], pd.Series]
 
-# name: (raw column from the frame, public lower, public upper). Bounds as in tasks/tabular.py.
+# name: (raw column from the frame, public lower, public upper). Bounds as in tasks/data/tabular.py.
 ADULT_CANDIDATES: dict[str, tuple[Column, float, float]] = {
     "age": (lambda f: f["age"].astype(float), 17.0, 90.0),
     "education_num": (lambda f: f["education-num"].astype(float), 1.0, 16.0),
@@ -230,7 +230,7 @@ def main() -> None:
         tables.append(forward_selection("adult", frame, y, val, ADULT_CANDIDATES, "logistic", args))
     if "wage" in args.datasets:
         frame = pd.read_csv(package_file("ISLP", "0.6.0", "data", "Wage.csv"))
-        # the Wage loader's own split (tasks/tabular.py, seed 0): keep its training rows only
+        # the Wage loader's own split (tasks/data/tabular.py, seed 0): keep its training rows only
         order = np.random.default_rng(0).permutation(len(frame))
         train = np.sort(order[int(round(WAGE_TEST_FRACTION * len(frame))) :])
         frame = frame.iloc[train].reset_index(drop=True)

@@ -25,9 +25,8 @@ import torch
 from experiments.run import run_federation
 from privacy import PrivacyLedger, make_generator, make_private, plan_dpsgd
 from protocol.settings import RunSettings
-from tasks.datasets import load_dataset
+from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
 from tasks.models import ModelSpec, build_model
-from tasks.partition import client_partitions, specs_from_settings, split_train_val
 from tasks.training import evaluate, make_loader, train_epochs
 
 

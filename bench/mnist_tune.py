@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from privacy import make_generator, make_private, plan_dpsgd
-from tasks.datasets import DatasetSpec, load_dataset
+from tasks.data import DatasetSpec, load_dataset
 from tasks.models import ModelSpec, build_model
 from tasks.training import evaluate, make_loader, train_epochs
 

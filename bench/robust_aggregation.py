@@ -38,12 +38,17 @@ from sklearn.metrics import roc_auc_score
 from fl_server.app import ServerUpdate
 from fl_server.strategies import make_strategy
 from protocol.settings import RunSettings
-from tasks.datasets import DataBundle, DatasetSpec, load_dataset, register_dataset
-from tasks.local import LocalResult
+from tasks.data import (
+    DataBundle,
+    DatasetSpec,
+    load_client_data,
+    load_dataset,
+    register_dataset,
+    specs_from_settings,
+)
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
-from tasks.partition import load_client_data, specs_from_settings
-from tasks.training import evaluate
-from tasks.unreliable import corrupt_data, unreliable_clients
+from tasks.participants import corrupt_data, unreliable_clients
+from tasks.training import LocalResult, evaluate
 
 POOL = {"n": 8000}
 
@@ -78,7 +83,7 @@ def federation(settings: RunSettings, honest_only: bool = False) -> dict:
     )
     model = build_model(spec, settings.seed)
     server_update = (
-        ServerUpdate(settings, bundle) if settings.reliability_server_data_size else None
+        ServerUpdate(settings, bundle) if settings.aggregation_server_data_size else None
     )
     strategy = make_strategy(settings, server_update)
     data = {
@@ -129,8 +134,8 @@ ORACLE = "oracle(fedavg, honest only)"
 """Reference row: FedAvg over the honest clients' replies alone (see :func:`federation`)."""
 
 
-EXCLUDE = {"reliability_relative_threshold": 0.5, "reliability_by_reputation": False}
-"""As ``conf/reliability/output_agreement.yaml``: below half the median reputation excluded,
+EXCLUDE = {"aggregation_relative_threshold": 0.5, "aggregation_by_reputation": False}
+"""As ``conf/aggregation/output_agreement.yaml``: below half the median reputation excluded,
 the rest averaged by example counts."""
 
 DEFAULT_STRATEGIES = [
@@ -145,47 +150,47 @@ DEFAULT_STRATEGIES = [
 ]
 
 STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
-    "scorer(fltrust)": {  # conf/reliability/fltrust.yaml: below a quarter of the median excluded
-        "reliability_strategy": "scorer",
-        "reliability_scorer": "fltrust",
-        "reliability_relative_threshold": 0.25,
-        "reliability_by_reputation": False,
+    "scorer(fltrust)": {  # conf/aggregation/fltrust.yaml: below a quarter of the median excluded
+        "aggregation_strategy": "scorer",
+        "aggregation_scorer": "fltrust",
+        "aggregation_relative_threshold": 0.25,
+        "aggregation_by_reputation": False,
     },
     "scorer(fltrust,0.5)": {  # the stricter exclusion, below half the median
-        "reliability_strategy": "scorer",
-        "reliability_scorer": "fltrust",
+        "aggregation_strategy": "scorer",
+        "aggregation_scorer": "fltrust",
         **EXCLUDE,
     },
     "scorer(fltrust,decay0.8)": {  # longer memory: reputation averages about 5 rounds
-        "reliability_strategy": "scorer",
-        "reliability_scorer": "fltrust",
-        "reliability_relative_threshold": 0.25,
-        "reliability_by_reputation": False,
-        "reliability_decay": 0.8,
+        "aggregation_strategy": "scorer",
+        "aggregation_scorer": "fltrust",
+        "aggregation_relative_threshold": 0.25,
+        "aggregation_by_reputation": False,
+        "aggregation_decay": 0.8,
     },
     "scorer(fltrust,0.5,decay0.8)": {
-        "reliability_strategy": "scorer",
-        "reliability_scorer": "fltrust",
+        "aggregation_strategy": "scorer",
+        "aggregation_scorer": "fltrust",
         **EXCLUDE,
-        "reliability_decay": 0.8,
+        "aggregation_decay": 0.8,
     },
     "scorer(output)": {
-        "reliability_strategy": "scorer",
-        "reliability_scorer": "output_agreement",
+        "aggregation_strategy": "scorer",
+        "aggregation_scorer": "output_agreement",
         **EXCLUDE,
     },
     "scorer(fltrust,weighted)": {  # FLTrust's own rule: weights proportional to ReLU(cos)
-        "reliability_strategy": "scorer",
-        "reliability_scorer": "fltrust",
-        "reliability_relative_threshold": 0.0,
-        "reliability_by_reputation": True,
+        "aggregation_strategy": "scorer",
+        "aggregation_scorer": "fltrust",
+        "aggregation_relative_threshold": 0.0,
+        "aggregation_by_reputation": True,
     },
-    "scorer(median)": {"reliability_strategy": "scorer", "reliability_scorer": "median_agreement"},
-    "fedavg": {"reliability_strategy": "fedavg"},
-    ORACLE: {"reliability_strategy": "fedavg"},
-    "fedmedian": {"reliability_strategy": "fedmedian"},
-    "fedtrimmedavg": {"reliability_strategy": "fedtrimmedavg"},
-    "krum": {"reliability_strategy": "krum"},
+    "scorer(median)": {"aggregation_strategy": "scorer", "aggregation_scorer": "median_agreement"},
+    "fedavg": {"aggregation_strategy": "fedavg"},
+    ORACLE: {"aggregation_strategy": "fedavg"},
+    "fedmedian": {"aggregation_strategy": "fedmedian"},
+    "fedtrimmedavg": {"aggregation_strategy": "fedtrimmedavg"},
+    "krum": {"aggregation_strategy": "krum"},
 }
 
 
@@ -219,8 +224,8 @@ def main() -> None:
         batch_size=32,
         learning_rate=0.5,
         dirichlet_alpha=0.3,
-        reliability_server_data_size=100,
-        reliability_num_malicious=int(0.3 * args.clients),
+        aggregation_server_data_size=100,
+        aggregation_num_malicious=int(0.3 * args.clients),
     )
     grid = list(
         itertools.product(

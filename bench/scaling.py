@@ -35,7 +35,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.launcher import processes_in_home, stop_process_tree  # noqa: E402
+from experiments.processes.launcher import processes_in_home, stop_process_tree  # noqa: E402
 
 
 class MemorySampler(threading.Thread):

@@ -8,16 +8,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from privacy import plan_dpsgd
+from privacy import get_mode
 from privacy.accounting import check_accountant
 from protocol.settings import RunSettings
 from reliability import make_scorer
-from tasks.datasets import load_dataset
-from tasks.local import MODES
-from tasks.models import FUNCTIONAL_MODELS, MODELS, ModelSpec, build_model
-from tasks.partition import client_partitions, specs_from_settings, split_train_val
+from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
+from tasks.models import MODELS, ModelSpec, build_model, model_info, models_with
+from tasks.participants import check_kind, unreliable_clients
 from tasks.training import select_device
-from tasks.unreliable import check_kind, unreliable_clients
 
 _NOT_IN_CFG = {"output_dir"}
 
@@ -73,28 +71,28 @@ def check_data(settings: RunSettings) -> DataCheck:
         the smallest client's number of training examples, or when ``privacy.mode=functional``
         is asked of a model it cannot serve.
     """
-    if settings.privacy_mode != "none":
+    mode = get_mode(settings.privacy_mode)  # ValueError naming privacy.mode
+    if mode.private:
         check_accountant(settings.privacy_accountant)
     if settings.model_name not in MODELS:
         raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {settings.model_name!r}")
-    if settings.privacy_mode not in MODES:
-        raise ValueError(
-            f"privacy.mode must be one of {sorted(MODES)}, got {settings.privacy_mode!r}"
-        )
-    if settings.privacy_mode == "functional" and settings.model_name not in FUNCTIONAL_MODELS:
-        raise ValueError(
-            f"privacy.mode='functional' supports model.name in {sorted(FUNCTIONAL_MODELS)}, "
-            f"got {settings.model_name!r}"
-        )
-    scorer = make_scorer(settings.reliability_scorer)
     if (
-        settings.reliability_strategy == "scorer"
-        and scorer.needs_server_data
-        and settings.reliability_server_data_size <= 0
+        mode.model_capability
+        and mode.model_capability not in model_info(settings.model_name).capabilities
     ):
         raise ValueError(
-            f"reliability.scorer={settings.reliability_scorer!r} needs server data: set "
-            f"reliability.server_data_size > 0, got {settings.reliability_server_data_size}"
+            f"privacy.mode={mode.name!r} supports model.name in "
+            f"{sorted(models_with(mode.model_capability))}, got {settings.model_name!r}"
+        )
+    scorer = make_scorer(settings.aggregation_scorer)
+    if (
+        settings.aggregation_strategy == "scorer"
+        and scorer.needs_server_data
+        and settings.aggregation_server_data_size <= 0
+    ):
+        raise ValueError(
+            f"aggregation.scorer={settings.aggregation_scorer!r} needs server data: set "
+            f"aggregation.server_data_size > 0, got {settings.aggregation_server_data_size}"
         )
     check_kind(settings.participants_kind)
     unreliable_clients(settings)
@@ -128,23 +126,12 @@ def check_data(settings: RunSettings) -> DataCheck:
             f"(n={smallest}), got {settings.batch_size}"
         )
     select_device(settings.device)  # device=cuda without a GPU: an error naming device
-    # delta is spent by DP-SGD only: the functional mechanism's release is pure epsilon-DP
-    spends_delta = settings.privacy_mode not in ("none", "functional")
-    if spends_delta and settings.privacy_delta >= 1.0 / smallest:
+    # delta is spent by approximate-DP modes only (the functional mechanism is pure epsilon-DP)
+    if mode.spends_delta and settings.privacy_delta >= 1.0 / smallest:
         raise ValueError(
             f"privacy.delta must be below 1/n for the smallest client (n={smallest}, "
             f"1/n={1.0 / smallest:.3g}), got {settings.privacy_delta:g}"
         )
-    if settings.privacy_mode == "dpsgd":  # the budget must be certifiable for every client
-        for n in sorted({min(sizes), max(sizes)}):
-            plan_dpsgd(
-                target_epsilon=settings.training_epsilon,
-                delta=settings.privacy_delta,
-                n_train=n,
-                batch_size=settings.batch_size,
-                local_epochs=settings.local_epochs,
-                rounds=settings.num_rounds,
-                accountant=settings.privacy_accountant,
-            )
+    mode.check(settings, sizes)  # the mode's own checks (DP-SGD: certifiable budget)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return DataCheck(tuple(sizes), len(bundle.y_test), shapes)

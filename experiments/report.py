@@ -26,7 +26,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from privacy import PrivacyLedger, PureDpEvent, SampledGaussianEvent  # noqa: E402
+from privacy import PrivacyLedger, PureDpEvent, SampledGaussianEvent, is_private  # noqa: E402
 from protocol.atomic import write_atomically, write_with  # noqa: E402
 
 LEDGER_FILE = re.compile(r"client-(\d+)\.json")
@@ -267,7 +267,9 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 def epsilon_curve(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, spread and count of the final metric over seeds, per privacy mode and epsilon."""
-    done = table[(table["status"] == "completed") & (table[_MODE] != "none")].copy()
+    done = table[
+        (table["status"] == "completed") & table[_MODE].map(is_private).astype(bool)
+    ].copy()
     metric = _metric_column(table)
     done[_EPS] = pd.to_numeric(done[_EPS], errors="coerce")
     return (
@@ -303,7 +305,9 @@ def plot_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[Path, ...]:
             capsize=3,
             label=f"{mode} (mean ± sd over {int(part['count'].max())} seeds)",
         )
-    reference = table[(table["status"] == "completed") & (table[_MODE] == "none")][metric]
+    reference = table[
+        (table["status"] == "completed") & ~table[_MODE].map(is_private).astype(bool)
+    ][metric]
     if len(reference):
         ax.axhline(
             float(reference.mean()),
@@ -338,7 +342,7 @@ def plot_sweep(table: pd.DataFrame, sweep_dir: Path) -> tuple[Path, ...]:
         if not path.exists():
             continue
         metrics = pd.read_csv(path)
-        private = row[_MODE] != "none"
+        private = is_private(row[_MODE])
         ax.plot(
             metrics["round"],
             metrics[column],

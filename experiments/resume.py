@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.aliases import upgrade_config
 from experiments.schema import FedPrivConf
 from protocol.checkpoint import load_checkpoint
 
@@ -108,7 +109,10 @@ def resume_config(
     stored_path = run_dir / "config.yaml"
     if not stored_path.is_file():
         raise ValueError(f"resume={str(run_dir)!r}: the run's config.yaml is missing")
-    stored = OmegaConf.merge(OmegaConf.structured(FedPrivConf), OmegaConf.load(stored_path))
+    loaded = OmegaConf.to_container(OmegaConf.load(stored_path))
+    if not isinstance(loaded, dict):
+        raise ValueError(f"resume={str(run_dir)!r}: {stored_path} is not a mapping")
+    stored = OmegaConf.merge(OmegaConf.structured(FedPrivConf), upgrade_config(loaded))
     assert isinstance(stored, DictConfig)
     stored_rounds = int(stored.federation.rounds)
     for override in overrides:

@@ -21,18 +21,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.aliases import upgrade_argv
 from experiments.config import DataCheck, check_data, check_resources, to_settings
 from experiments.deploy import check_deployment, deployment_connection
-from experiments.launcher import FlowerCli, LocalSimulation
+from experiments.processes.launcher import FlowerCli, LocalSimulation
 from experiments.report import ledger_epsilons, plot_run, privacy_events, privacy_table
 from experiments.resume import resume_argv, resume_config
 from experiments.schema import register_schema
 from experiments.sweep import job_guard, run_identity
+from privacy import is_private
 from protocol.atomic import write_atomically
 from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
 from tasks.models import is_regression
-from tasks.unreliable import unreliable_clients
+from tasks.participants import unreliable_clients
 
 log = logging.getLogger("fedpriv")
 register_schema()
@@ -62,7 +64,7 @@ class RoundPrinter:
         """One line: round, test accuracy and loss (or MSE), epsilon so far, clients, time."""
         eps = row.get("epsilon_max", math.nan)
         eps_text = f"{eps:.3f}" if isinstance(eps, float) and math.isfinite(eps) else "-"
-        if self.settings.privacy_mode == "none":
+        if not is_private(self.settings.privacy_mode):
             eps_text = "inf (no privacy)"
         quality = (  # regression: the test loss is the MSE, accuracy is undefined
             f"test mse {row['test_loss']:.4f}"
@@ -214,12 +216,12 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         f"{settings.dataset_name}/{settings.model_name}, privacy={settings.privacy_mode}"
         + (
             f" (epsilon {settings.privacy_target_epsilon:g}, delta {settings.privacy_delta:g})"
-            if settings.privacy_mode != "none"
+            if is_private(settings.privacy_mode)
             else ""
         ),
         flush=True,
     )
-    if settings.privacy_reproducible_noise and settings.privacy_mode != "none":
+    if settings.privacy_reproducible_noise and is_private(settings.privacy_mode):
         print(REPRODUCIBLE_WARNING.format(seed=settings.seed), flush=True)
     summary = run_federation(  # 2-4
         settings,
@@ -232,7 +234,7 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         quality = f"test mse {summary['final_test_loss']:.4f}"
     else:
         quality = f"test accuracy {summary['final_test_accuracy']:.4f}"
-    if settings.privacy_mode == "none":
+    if not is_private(settings.privacy_mode):
         eps_text = "inf (no privacy)"
     else:
         eps_text = "-" if eps is None else f"{eps:.3f}"
@@ -242,7 +244,7 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         f"results in {out_dir}",
         flush=True,
     )
-    if settings.privacy_reproducible_noise and settings.privacy_mode != "none":
+    if settings.privacy_reproducible_noise and is_private(settings.privacy_mode):
         print(REPRODUCIBLE_WARNING.format(seed=settings.seed), flush=True)
     warning = untrained_warning(out_dir)
     if warning is not None:
@@ -280,5 +282,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv = resume_argv(sys.argv)
+    sys.argv = resume_argv(upgrade_argv(sys.argv))  # deprecated names, then resume=DIR
     main()

@@ -37,6 +37,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from privacy import is_private
 from protocol.atomic import write_atomically
 from protocol.settings import RunSettings
 
@@ -212,7 +213,7 @@ def run_identity(settings: RunSettings) -> str:
     ``output_dir`` is left out, and with ``privacy.mode=none`` so is every other privacy
     setting: a non-private reference swept over epsilon is one run, not one per epsilon.
     """
-    if settings.privacy_mode == "none":
+    if not is_private(settings.privacy_mode):
         defaults = RunSettings()
         settings = dataclasses.replace(
             settings,

@@ -29,13 +29,17 @@ from privacy.ledger_file import LedgerLostError
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.evaluation import EvalResult, evaluate_private
-from tasks.local import LocalResult, LocalTask, get_mode
+from tasks.data import ClientData, load_client_data, load_node_data, specs_from_settings, task_shape
 from tasks.models import ModelSpec, build_model, set_weights
-from tasks.node_data import load_node_data, task_shape
-from tasks.partition import ClientData, load_client_data, specs_from_settings
-from tasks.training import select_device
-from tasks.unreliable import corrupt_data, corrupt_reply
+from tasks.participants import corrupt_data, corrupt_reply
+from tasks.training import (
+    EvalResult,
+    LocalResult,
+    LocalTask,
+    evaluate_private,
+    select_device,
+    trainer_for,
+)
 
 from .ledger_store import LedgerStore, ledger_path
 from .policy import NodePolicy
@@ -224,7 +228,7 @@ def _train_locked(
         state_dir=path.parent if path is not None else None,
         budget=policy.budget(settings),
     )
-    result = get_mode(settings.privacy_mode)(task)
+    result = trainer_for(settings.privacy_mode)(task)
     _save_state(context, task.state)
     return result
 
@@ -233,7 +237,7 @@ def train_reply(msg: Message, result: LocalResult, settings: RunSettings, pid: i
     """The reply to train message ``msg``: metrics, status, weights and any release.
 
     The weights sent are the trained ones, or, for a client simulated as unreliable
-    (``participants``), what :func:`tasks.unreliable.corrupt_reply` makes of them; the
+    (``participants``), what :func:`tasks.participants.unreliable.corrupt_reply` makes of them; the
     functional mechanism's noisy objectives travel beside them (its epsilon-DP release
     itself, so sending them is no new spend). A client that declined (budget spent) sends
     no weights. In-process benchmarks build their replies with this function too.
@@ -274,7 +278,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
 
     Under a DP mode the reply carries a noisy accuracy (``val-accuracy-dp``) accounted in the
     ledger, or nothing but a refusal when ``privacy.eval_epsilon`` is 0
-    (:func:`tasks.evaluation.evaluate_private`); raw metrics under ``privacy.mode=none`` only.
+    (:func:`tasks.training.evaluate_private`); raw metrics under ``privacy.mode=none`` only.
     """
     settings, policy = _settings(context)
     pid, num = _identity(context, settings)

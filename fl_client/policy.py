@@ -20,17 +20,22 @@ policy is the run's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from privacy import MODES
 from protocol.settings import RunSettings
 
-DP_MODES = ("dpsgd", "functional")
-"""The modes a deployment node allows unless its operator says otherwise."""
-SPENDS_DELTA = ("dpsgd",)
-"""Modes whose guarantee has a delta (the functional mechanism is pure epsilon-DP)."""
+
+def private_modes() -> tuple[str, ...]:
+    """The modes a node allows unless its operator says otherwise: every private mode.
+
+    Private: its releases are DP (:attr:`privacy.PrivacyMode.private`), so ``none`` is out.
+    """
+    return tuple(sorted(name for name, mode in MODES.items() if mode.private))
 
 
 def _bool(value: Any, key: str) -> bool:
@@ -46,7 +51,7 @@ class NodePolicy:
     """What a node allows, whatever the run config says (see the module docstring)."""
 
     max_epsilon: float = math.inf
-    modes: tuple[str, ...] = DP_MODES
+    modes: tuple[str, ...] = dataclasses.field(default_factory=private_modes)
     allow_evaluation: bool = False
     accountant: str = "pld"
     strict_ledger: bool = False
@@ -74,7 +79,7 @@ class NodePolicy:
             raise ValueError(f"node config max-epsilon must be > 0, got {node['max-epsilon']!r}")
         modes = tuple(
             m.strip()
-            for m in str(node.get("privacy-modes", ",".join(DP_MODES))).split(",")
+            for m in str(node.get("privacy-modes", ",".join(private_modes()))).split(",")
             if m.strip()
         )
         return cls(
@@ -115,7 +120,8 @@ class NodePolicy:
                 f"declined: node policy accounts with {self.accountant!r}; the run asks for "
                 f"privacy.accountant={settings.privacy_accountant!r}"
             )
-        if mode in SPENDS_DELTA and settings.privacy_delta * n_train >= 1:
+        spends_delta = mode in MODES and MODES[mode].spends_delta
+        if spends_delta and settings.privacy_delta * n_train >= 1:
             return (
                 f"declined: privacy.delta={settings.privacy_delta:g} is not below 1/n for this "
                 "node's data"

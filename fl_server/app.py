@@ -25,9 +25,8 @@ from protocol.checkpoint import (
 )
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.datasets import DataBundle, load_dataset
+from tasks.data import DataBundle, load_dataset, server_indices, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
-from tasks.partition import server_indices, specs_from_settings
 from tasks.training import evaluate, make_loader, select_device, train_epochs
 
 from .recorder import RunRecorder
@@ -172,7 +171,7 @@ def main(grid: Grid, context: Context) -> None:
     initial = build_model(_model_spec(settings, bundle), seed=settings.seed)
 
     server_update = (
-        ServerUpdate(settings, bundle) if settings.reliability_server_data_size else None
+        ServerUpdate(settings, bundle) if settings.aggregation_server_data_size else None
     )
     strategy = make_strategy(settings, server_update)
     assert isinstance(strategy, FedPrivMixin)

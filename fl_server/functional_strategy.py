@@ -6,7 +6,7 @@ its weights. :class:`ObjectiveFedAvg` validates both, lets the weighting (exampl
 reliability scorer) weigh the clients as :class:`WeightedFedAvg` does, then replaces the
 trained head by the minimiser of the weighted sum of the released objectives
 (:func:`privacy.functional.solve_summed`). The math, and why this is post-processing of the
-clients' epsilon-DP releases, is in :mod:`privacy.functional_aggregate`.
+clients' epsilon-DP releases, is in :mod:`privacy.functional.aggregate`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,43 @@ from flwr.app import ArrayRecord, Message
 
 from privacy.functional import (
     QuadraticObjective,
+    head_mechanism,
     objectives_from_arrays,
     release_shapes,
     solve_summed,
 )
 from protocol import keys
 from protocol.records import from_record, to_record
+from protocol.settings import RunSettings
 from reliability import validate_update
-from tasks.local_functional import FUNCTIONAL_HEAD
+from tasks.models import model_info
+from tasks.models.functional import FUNCTIONAL_HEAD
 
 from .strategy import ClientOutcome, WeightedFedAvg, Weights
 
 NoiseScale = Callable[[int, int], float]
 """``(dim, outputs) -> b``: the Laplace scale every client used (public, from the settings)."""
+
+
+def noise_scale_of(settings: RunSettings) -> NoiseScale:
+    """The Laplace scale every functional client of this run used: public, from the settings.
+
+    The same mechanism the clients drew with (:func:`privacy.functional.head_mechanism` of
+    the model's objective kind, ``privacy.functional_bound`` and the training epsilon).
+    """
+    kind = model_info(settings.model_name).objective
+    if not kind:
+        raise ValueError(
+            f"model.name={settings.model_name!r} has no exact objective, so its clients cannot "
+            "release one (privacy.functional_aggregation=objective needs a functional model)"
+        )
+
+    def scale(dim: int, outputs: int) -> float:
+        return head_mechanism(
+            settings.training_epsilon, kind, settings.privacy_functional_bound, outputs
+        ).noise_scale(dim)
+
+    return scale
 
 
 def parse_release(msg: Message, outputs: int, dim: int) -> tuple[list[QuadraticObjective], str]:

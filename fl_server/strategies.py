@@ -1,4 +1,4 @@
-"""Strategy registry (``reliability.strategy``): our weighted FedAvg and Flower's robust baselines.
+"""Strategy registry (``aggregation.strategy``): our weighted FedAvg and Flower's robust baselines.
 
 Every entry gets the same sampling, validation and outcome records (:class:`FedPrivMixin`);
 the baselines keep Flower's own aggregation rule (FedMedian, FedTrimmedAvg, Krum, MultiKrum,
@@ -21,12 +21,12 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from privacy import get_mode
 from protocol import keys
 from protocol.settings import RunSettings
 from reliability import ReliabilityWeighting, make_scorer
-from tasks.local_functional import functional_noise_scale
 
-from .functional_strategy import ObjectiveFedAvg
+from .functional_strategy import ObjectiveFedAvg, noise_scale_of
 from .strategy import FedPrivMixin, WeightedFedAvg, Weights, weight_by_examples
 
 ServerUpdate = Callable[[int, Weights], Weights | None]
@@ -45,26 +45,29 @@ def register_strategy(name: str) -> Callable[[Factory], Factory]:
 
 
 def make_strategy(settings: RunSettings, server_update: ServerUpdate | None = None) -> Strategy:
-    """The strategy ``settings.reliability_strategy`` names, ready for ``start``."""
-    name = settings.reliability_strategy
+    """The strategy ``settings.aggregation_strategy`` names, ready for ``start``."""
+    name = settings.aggregation_strategy
     if name not in STRATEGIES:
-        raise ValueError(f"reliability.strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
+        raise ValueError(f"aggregation.strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
     return STRATEGIES[name](settings, server_update)
 
 
-def _weighted(settings: RunSettings) -> Callable[..., WeightedFedAvg]:
-    """The weighted-FedAvg class for ``settings``.
+def _objective(settings: RunSettings) -> Callable[..., WeightedFedAvg]:
+    return functools.partial(ObjectiveFedAvg, noise_scale=noise_scale_of(settings))
 
-    For ``privacy.mode=functional`` with ``privacy.functional_aggregation=objective`` it is
-    :class:`ObjectiveFedAvg` (the server sums the clients' released noisy objectives and
-    minimises once, with the same weighting), else :class:`WeightedFedAvg`.
-    """
-    functional = settings.privacy_mode == "functional"
-    if functional and settings.privacy_functional_aggregation == "objective":
-        return functools.partial(
-            ObjectiveFedAvg, noise_scale=functools.partial(functional_noise_scale, settings)
-        )
-    return WeightedFedAvg
+
+RELEASES: dict[str, Callable[[RunSettings], Callable[..., WeightedFedAvg]]] = {
+    "weights": lambda settings: WeightedFedAvg,
+    "objective": _objective,
+}
+"""How the weighted strategies combine each kind of release (:data:`privacy.modes.RELEASES`):
+trained weights by :class:`WeightedFedAvg`; the functional mechanism's noisy objectives by
+:class:`ObjectiveFedAvg` (the server sums them and minimises once, with the same weighting)."""
+
+
+def _weighted(settings: RunSettings) -> Callable[..., WeightedFedAvg]:
+    """The weighted-FedAvg class for what the run's privacy mode releases (``release``)."""
+    return RELEASES[get_mode(settings.privacy_mode).release(settings)](settings)
 
 
 def _common(settings: RunSettings) -> dict[str, Any]:
@@ -88,18 +91,18 @@ def _fedavg(settings: RunSettings, _: ServerUpdate | None) -> Strategy:
 
 @register_strategy("scorer")
 def _scorer(settings: RunSettings, server_update: ServerUpdate | None) -> Strategy:
-    scorer = make_scorer(settings.reliability_scorer)
+    scorer = make_scorer(settings.aggregation_scorer)
     if scorer.needs_server_data and server_update is None:
         raise ValueError(
-            f"reliability.scorer={settings.reliability_scorer!r} needs server data "
-            f"(reliability.server_data_size > 0), got {settings.reliability_server_data_size}"
+            f"aggregation.scorer={settings.aggregation_scorer!r} needs server data "
+            f"(aggregation.server_data_size > 0), got {settings.aggregation_server_data_size}"
         )
     weighting = ReliabilityWeighting(
         scorer,
-        decay=settings.reliability_decay,
-        threshold=settings.reliability_threshold,
-        relative_threshold=settings.reliability_relative_threshold,
-        by_reputation=settings.reliability_by_reputation,
+        decay=settings.aggregation_decay,
+        threshold=settings.aggregation_threshold,
+        relative_threshold=settings.aggregation_relative_threshold,
+        by_reputation=settings.aggregation_by_reputation,
     )
     return _weighted(settings)(
         **_common(settings),
@@ -134,17 +137,17 @@ def _baseline(base: type[FedAvg], **extra: Callable[[RunSettings], Any]) -> Fact
 
 
 def _malicious(s: RunSettings) -> int:
-    return s.reliability_num_malicious
+    return s.aggregation_num_malicious
 
 
 register_strategy("fedmedian")(_baseline(FedMedian))
-register_strategy("fedtrimmedavg")(_baseline(FedTrimmedAvg, beta=lambda s: s.reliability_trim_beta))
+register_strategy("fedtrimmedavg")(_baseline(FedTrimmedAvg, beta=lambda s: s.aggregation_trim_beta))
 register_strategy("krum")(_baseline(Krum, num_malicious_nodes=_malicious))
 register_strategy("multikrum")(
     _baseline(
         MultiKrum,
         num_malicious_nodes=_malicious,
-        num_nodes_to_select=lambda s: max(1, s.num_clients - s.reliability_num_malicious),
+        num_nodes_to_select=lambda s: max(1, s.num_clients - s.aggregation_num_malicious),
     )
 )
 register_strategy("bulyan")(_baseline(Bulyan, num_malicious_nodes=_malicious))

@@ -1,6 +1,8 @@
 """Differential-privacy mathematics and data: RNGs, DP-SGD, ledger, functional mechanism.
 
-Framework-free: depends only on numpy, torch, opacus and the standard library.
+Framework-free: depends only on numpy, torch, opacus and the standard library. The privacy
+modes register themselves on import (:mod:`privacy.modes`: ``none``; :mod:`privacy.dpsgd`;
+:mod:`privacy.functional`), here.
 """
 
 from privacy.dpsgd import (
@@ -25,9 +27,15 @@ from privacy.functional import (
     stabilise,
 )
 from privacy.ledger import Event, PrivacyLedger, PureDpEvent, SampledGaussianEvent
+from privacy.modes import MODES, PrivacyMode, get_mode, is_private, register_mode
 from privacy.rng import derive_seed, make_generator
 
 __all__ = [
+    "MODES",
+    "PrivacyMode",
+    "get_mode",
+    "is_private",
+    "register_mode",
     "SENSITIVITY_BOUNDS",
     "DpSgdPlan",
     "Event",

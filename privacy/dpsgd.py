@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from opacus import PrivacyEngine
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from privacy.accounting import calibrate_noise, get_accountant
 from privacy.ledger import PrivacyLedger, SampledGaussianEvent, _check_accountant, _check_delta
+from privacy.modes import PrivacyMode, register_mode
 from privacy.rng import make_generator
 
 __all__ = [
@@ -352,3 +355,30 @@ def make_private(
     return PrivateTraining(
         module=dp_module, optimizer=dp_optimizer, data_loader=dp_loader, engine=engine
     )
+
+
+def _check_dpsgd(settings: Any, train_sizes: Sequence[int]) -> None:
+    """The budget must be certifiable for every client: calibrate for the extreme sizes."""
+    for n in sorted({min(train_sizes), max(train_sizes)}):
+        plan_dpsgd(
+            target_epsilon=settings.training_epsilon,
+            delta=settings.privacy_delta,
+            n_train=n,
+            batch_size=settings.batch_size,
+            local_epochs=settings.local_epochs,
+            rounds=settings.num_rounds,
+            accountant=settings.privacy_accountant,
+        )
+
+
+DPSGD = register_mode(
+    PrivacyMode(
+        name="dpsgd",
+        summary="Opacus DP-SGD: sample-level (epsilon, delta)-DP over the whole run, PLD-accounted",
+        private=True,
+        spends_delta=True,
+        trainer="tasks.training.dpsgd:train_dpsgd",
+        check=_check_dpsgd,
+    )
+)
+"""DP-SGD (Abadi et al. 2016) with Poisson sampling, replace-one relation, PLD accountant."""

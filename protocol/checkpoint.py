@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from protocol.atomic import write_atomically
+from protocol.settings import upgrade_run_config
 
 FORMAT = 1
 DIRNAME = "checkpoint"
@@ -262,7 +263,12 @@ def load_checkpoint(
 def config_differences(
     stored: Mapping[str, Any], current: Mapping[str, Any]
 ) -> list[tuple[str, Any, Any]]:
-    """``(key, stored, current)`` for every non-operational run-config key that differs."""
+    """``(key, stored, current)`` for every non-operational run-config key that differs.
+
+    ``stored`` may use deprecated names (a run started before a rename): they are upgraded
+    first (:func:`protocol.settings.upgrade_run_config`).
+    """
+    stored = upgrade_run_config(stored)
     keys = (set(stored) | set(current)) - OPERATIONAL_KEYS
     return [
         (k, stored.get(k), current.get(k))

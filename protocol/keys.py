@@ -15,7 +15,7 @@ STATUS = "status"
 FM_OBJECTIVES = "fm-objectives"
 """ArrayRecord in train replies of ``privacy.mode=functional`` with
 ``privacy.functional_aggregation=objective``: the client's released noisy objectives
-(``alpha``, ``M``, ``c``; see ``privacy.functional_aggregate``), the same every round."""
+(``alpha``, ``M``, ``c``; see ``privacy.functional.aggregate``), the same every round."""
 
 # MetricRecord entries
 NUM_EXAMPLES = "num-examples"

@@ -3,113 +3,137 @@
 Flower passes a flat ``{str: bool | int | float | str}`` run config to both apps.
 :class:`RunSettings` is its one typed view: ``experiments`` builds it from the composed Hydra
 config and calls :meth:`RunSettings.to_run_config`; the apps call
-:meth:`RunSettings.from_run_config`. Each field records the Hydra key it comes from, so an
-error names the setting a user actually typed.
+:meth:`RunSettings.from_run_config`. Each field records the setting it comes from
+(``_f("privacy.target_epsilon")``) and takes that setting's default from its group in
+:mod:`protocol.groups`, so an error names the setting a user actually typed and no default is
+written twice. ``python -m protocol.settings --pyproject`` prints ``pyproject.toml``'s
+``[tool.flwr.app.config]`` (``--write`` updates the file).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
-import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from privacy.modes import MODES, is_private
+from protocol.groups import (
+    FUNCTIONAL_AGGREGATIONS,
+    FUNCTIONAL_BOUNDS,
+    GRAD_SAMPLE_MODES,
+    MAX_SEED,
+    MIN_ROUND_TIMEOUT,
+    RENAMED_GROUPS,
+    RENAMED_VALUES,
+    STRATEGIES,
+    FedPrivConf,
+    default_of,
+    deprecated,
+    from_values,
+    show,
+)
+
+__all__ = [
+    "FUNCTIONAL_AGGREGATIONS",
+    "FUNCTIONAL_BOUNDS",
+    "GRAD_SAMPLE_MODES",
+    "MAX_SEED",
+    "MIN_ROUND_TIMEOUT",
+    "OBJECTIVE_STRATEGIES",
+    "ROBUST_MIN_CLIENTS",
+    "STRATEGIES",
+    "RunSettings",
+    "Scalar",
+    "show",
+    "upgrade_run_config",
+]
 
 Scalar = bool | int | float | str
 
-
-GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
-"""Opacus per-sample-gradient modes (``privacy.grad_sample_mode``); a test keeps this tuple and
-``privacy.dpsgd.GRAD_SAMPLE_MODES`` equal."""
-
-MIN_ROUND_TIMEOUT = 10.0
-"""Seconds: Flower's grid polls for replies every 3 s and a SuperNode every 3 s, so a shorter
-round timeout fails every round."""
-
-MAX_SEED = 2**63 - 1
-
 ROBUST_MIN_CLIENTS = {"krum": (2, 3), "multikrum": (2, 3), "bulyan": (4, 3)}
 """``strategy: (a, b)``: Flower's rule needs at least ``a * num_malicious + b`` replies a round."""
-
-STRATEGIES = ("fedavg", "scorer", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
-"""Names the ServerApp's strategy registry serves (``reliability.strategy``); a test keeps the
-registry in ``fl_server.strategies`` and this tuple equal, so configs are checked up front."""
-
-FUNCTIONAL_BOUNDS = ("l2", "paper")
-"""Sensitivity bounds of the functional mechanism (``privacy.functional_bound``); a test keeps
-this tuple and ``privacy.functional.SENSITIVITY_BOUNDS`` equal."""
-
-FUNCTIONAL_AGGREGATIONS = ("objective", "average")
-"""How the server combines functional-mechanism clients (``privacy.functional_aggregation``):
-``objective`` sums the clients' released noisy objectives and minimises the sum once;
-``average`` averages the clients' own minimisers (FedAvg)."""
 
 OBJECTIVE_STRATEGIES = ("fedavg", "scorer")
 """Strategies that can aggregate released objectives (their weights scale each objective)."""
 
 
-def _f(key: str, default: Any) -> Any:
-    return field(default=default, metadata={"key": key})
+def _f(key: str) -> Any:
+    """The field of setting ``key``, with the default its group declares."""
+    return field(default=default_of(key), metadata={"key": key})
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """Everything a run needs, as plain values. Field ``x_y`` is run-config key ``x-y``."""
 
-    seed: int = _f("seed", 0)
-    dataset_name: str = _f("dataset.name", "digits")
-    dataset_hf_name: str = _f("dataset.hf_name", "")
-    dataset_feature_key: str = _f("dataset.feature_key", "image")
-    dataset_label_key: str = _f("dataset.label_key", "label")
-    model_name: str = _f("model.name", "mlp")
-    model_hidden: int = _f("model.hidden", 64)
-    privacy_mode: str = _f("privacy.mode", "dpsgd")
-    privacy_target_epsilon: float = _f("privacy.target_epsilon", 4.0)
-    privacy_delta: float = _f("privacy.delta", 1e-5)
-    privacy_max_grad_norm: float = _f("privacy.max_grad_norm", 1.0)
-    privacy_accountant: str = _f("privacy.accountant", "pld")
-    privacy_reproducible_noise: bool = _f("privacy.reproducible_noise", False)
-    privacy_eval_epsilon: float = _f("privacy.eval_epsilon", 0.0)
-    privacy_grad_sample_mode: str = _f("privacy.grad_sample_mode", "ew")
-    privacy_functional_bound: str = _f("privacy.functional_bound", "l2")
-    privacy_functional_steps: int = _f("privacy.functional_steps", 0)
-    privacy_functional_aggregation: str = _f("privacy.functional_aggregation", "objective")
-    num_clients: int = _f("federation.num_clients", 3)
-    num_rounds: int = _f("federation.rounds", 3)
-    fraction_train: float = _f("federation.fraction_train", 1.0)
-    fraction_evaluate: float = _f("federation.fraction_evaluate", 0.0)
-    local_epochs: int = _f("federation.local_epochs", 1)
-    batch_size: int = _f("federation.batch_size", 32)
-    learning_rate: float = _f("federation.learning_rate", 0.5)
-    partitioner: str = _f("federation.partitioner", "iid")
-    dirichlet_alpha: float = _f("federation.dirichlet_alpha", 0.5)
-    classes_per_client: int = _f("federation.classes_per_client", 2)
-    val_fraction: float = _f("federation.val_fraction", 0.1)
-    reliability_strategy: str = _f("reliability.strategy", "fedavg")
-    reliability_scorer: str = _f("reliability.scorer", "uniform")
-    reliability_decay: float = _f("reliability.decay", 0.5)
-    reliability_threshold: float = _f("reliability.threshold", 0.0)
-    reliability_relative_threshold: float = _f("reliability.relative_threshold", 0.0)
-    reliability_by_reputation: bool = _f("reliability.by_reputation", True)
-    reliability_server_data_size: int = _f("reliability.server_data_size", 0)
-    reliability_trim_beta: float = _f("reliability.trim_beta", 0.2)
-    reliability_num_malicious: int = _f("reliability.num_malicious", 0)
-    participants_unreliable_fraction: float = _f("participants.unreliable_fraction", 0.0)
-    participants_kind: str = _f("participants.kind", "label_flip")
-    participants_noise_rate: float = _f("participants.noise_rate", 0.5)
-    participants_feature_noise_std: float = _f("participants.feature_noise_std", 1.0)
-    participants_tiny_size: int = _f("participants.tiny_size", 5)
-    device: str = _f("device", "auto")
-    output_dir: str = _f("output_dir", "")
-    round_timeout: float = _f("federation.round_timeout", 600.0)
-    min_replies: int = _f("federation.min_replies", 1)
-    resume_dir: str = _f("resume", "")
+    seed: int = _f("seed")
+    dataset_name: str = _f("dataset.name")
+    dataset_hf_name: str = _f("dataset.hf_name")
+    dataset_feature_key: str = _f("dataset.feature_key")
+    dataset_label_key: str = _f("dataset.label_key")
+    model_name: str = _f("model.name")
+    model_hidden: int = _f("model.hidden")
+    privacy_mode: str = _f("privacy.mode")
+    privacy_target_epsilon: float = _f("privacy.target_epsilon")
+    privacy_delta: float = _f("privacy.delta")
+    privacy_max_grad_norm: float = _f("privacy.max_grad_norm")
+    privacy_accountant: str = _f("privacy.accountant")
+    privacy_reproducible_noise: bool = _f("privacy.reproducible_noise")
+    privacy_eval_epsilon: float = _f("privacy.eval_epsilon")
+    privacy_grad_sample_mode: str = _f("privacy.grad_sample_mode")
+    privacy_functional_bound: str = _f("privacy.functional_bound")
+    privacy_functional_steps: int = _f("privacy.functional_steps")
+    privacy_functional_aggregation: str = _f("privacy.functional_aggregation")
+    num_clients: int = _f("federation.num_clients")
+    num_rounds: int = _f("federation.rounds")
+    fraction_train: float = _f("federation.fraction_train")
+    fraction_evaluate: float = _f("federation.fraction_evaluate")
+    local_epochs: int = _f("federation.local_epochs")
+    batch_size: int = _f("federation.batch_size")
+    learning_rate: float = _f("federation.learning_rate")
+    partitioner: str = _f("federation.partitioner")
+    dirichlet_alpha: float = _f("federation.dirichlet_alpha")
+    classes_per_client: int = _f("federation.classes_per_client")
+    val_fraction: float = _f("federation.val_fraction")
+    aggregation_strategy: str = _f("aggregation.strategy")
+    aggregation_scorer: str = _f("aggregation.scorer")
+    aggregation_decay: float = _f("aggregation.decay")
+    aggregation_threshold: float = _f("aggregation.threshold")
+    aggregation_relative_threshold: float = _f("aggregation.relative_threshold")
+    aggregation_by_reputation: bool = _f("aggregation.by_reputation")
+    aggregation_server_data_size: int = _f("aggregation.server_data_size")
+    aggregation_trim_beta: float = _f("aggregation.trim_beta")
+    aggregation_num_malicious: int = _f("aggregation.num_malicious")
+    participants_unreliable_fraction: float = _f("participants.unreliable_fraction")
+    participants_kind: str = _f("participants.kind")
+    participants_noise_rate: float = _f("participants.noise_rate")
+    participants_feature_noise_std: float = _f("participants.feature_noise_std")
+    participants_tiny_size: int = _f("participants.tiny_size")
+    device: str = _f("device")
+    output_dir: str = field(default="", metadata={"key": "output_dir", "setting": False})
+    """Where the run writes (set by ``experiments``, not a setting of ``conf/``)."""
+    round_timeout: float = _f("federation.round_timeout")
+    min_replies: int = _f("federation.min_replies")
+    resume_dir: str = _f("resume")
+
+    def __post_init__(self) -> None:
+        for name, renamed in _RENAMED_VALUES.items():  # deprecated values, with a warning
+            value = getattr(self, name)
+            if isinstance(value, str) and value in renamed:
+                key = self.setting_name(name)
+                deprecated(f"{key}={value}", f"{key}={renamed[value]}")
+                object.__setattr__(self, name, renamed[value])
 
     @property
     def evaluations_planned(self) -> int:
         """Federated evaluations a client may release: one per round when evaluation is on."""
-        on = self.privacy_mode != "none" and self.fraction_evaluate > 0
+        on = is_private(self.privacy_mode) and self.fraction_evaluate > 0
         return self.num_rounds if on and self.privacy_eval_epsilon > 0 else 0
 
     @property
@@ -153,44 +177,23 @@ class RunSettings:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> RunSettings:
-        """Check every value that can be checked without data; raise ``ValueError`` naming it."""
-        self._require("seed", 0 <= self.seed <= MAX_SEED, "must be in [0, 2**63 - 1]")
-        self._require(
-            "privacy_grad_sample_mode",
-            self.privacy_grad_sample_mode in GRAD_SAMPLE_MODES,
-            f"must be one of {list(GRAD_SAMPLE_MODES)}",
-        )
-        self._require(
-            "round_timeout",
-            math.isfinite(self.round_timeout) and self.round_timeout >= MIN_ROUND_TIMEOUT,
-            f"must be >= {MIN_ROUND_TIMEOUT:g} seconds (Flower polls for replies every 3 s)",
-        )
-        if self.reliability_strategy in ROBUST_MIN_CLIENTS:
-            a, b = ROBUST_MIN_CLIENTS[self.reliability_strategy]
+        """Check every value that can be checked without data; raise ``ValueError`` naming it.
+
+        Each group's own checks are its :meth:`protocol.groups.Group.validate`; the checks
+        here involve several groups, or depend on ``privacy.mode``.
+        """
+        self.groups().validate()
+        if self.aggregation_strategy in ROBUST_MIN_CLIENTS:
+            a, b = ROBUST_MIN_CLIENTS[self.aggregation_strategy]
             per_round = max(1, int(self.num_clients * self.fraction_train))
             self._require(
-                "reliability_num_malicious",
-                per_round >= a * self.reliability_num_malicious + b,
+                "aggregation_num_malicious",
+                per_round >= a * self.aggregation_num_malicious + b,
                 f"needs at least {a} * num_malicious + {b} clients a round for "
-                f"reliability.strategy={self.reliability_strategy!r}, and this federation "
+                f"aggregation.strategy={self.aggregation_strategy!r}, and this federation "
                 f"samples {per_round}",
             )
-        positive_int = ["num_clients", "num_rounds", "local_epochs", "batch_size", "model_hidden"]
-        for name in positive_int:
-            self._require(name, getattr(self, name) > 0, "must be > 0")
-        for name in ["learning_rate", "round_timeout", "privacy_max_grad_norm", "dirichlet_alpha"]:
-            value = getattr(self, name)
-            self._require(name, math.isfinite(value) and value > 0, "must be > 0")
-        self._require("fraction_train", 0 < self.fraction_train <= 1, "must be in (0, 1]")
-        self._require("fraction_evaluate", 0 <= self.fraction_evaluate <= 1, "must be in [0, 1]")
-        self._require("val_fraction", 0 <= self.val_fraction < 1, "must be in [0, 1)")
-        self._require("classes_per_client", self.classes_per_client > 0, "must be > 0")
-        self._require(
-            "min_replies",
-            1 <= self.min_replies <= self.num_clients,
-            f"must be in [1, federation.num_clients={self.num_clients}]",
-        )
-        if self.privacy_mode != "none":
+        if is_private(self.privacy_mode):
             eps = self.privacy_target_epsilon
             self._require("privacy_target_epsilon", math.isfinite(eps) and eps > 0, "must be > 0")
             self._require("privacy_delta", 0 < self.privacy_delta < 1, "must be in (0, 1)")
@@ -209,79 +212,108 @@ class RunSettings:
                 f"times federation.rounds={self.num_rounds} must stay below "
                 f"privacy.target_epsilon={self.privacy_target_epsilon:g} (the rest trains)",
             )
-        self._require(
-            "privacy_functional_bound",
-            self.privacy_functional_bound in FUNCTIONAL_BOUNDS,
-            f"must be one of {list(FUNCTIONAL_BOUNDS)}",
-        )
-        self._require(
-            "privacy_functional_steps", self.privacy_functional_steps >= 0, "must be >= 0"
-        )
-        self._require(
-            "privacy_functional_aggregation",
-            self.privacy_functional_aggregation in FUNCTIONAL_AGGREGATIONS,
-            f"must be one of {list(FUNCTIONAL_AGGREGATIONS)}",
-        )
-        if self.privacy_mode == "functional" and self.privacy_functional_aggregation == "objective":
+        if self.privacy_mode in MODES and MODES[self.privacy_mode].release(self) == "objective":
             self._require(
-                "reliability_strategy",
-                self.reliability_strategy in OBJECTIVE_STRATEGIES,
-                f"must be one of {list(OBJECTIVE_STRATEGIES)} with privacy.mode='functional' and "
-                "privacy.functional_aggregation='objective' (set "
+                "aggregation_strategy",
+                self.aggregation_strategy in OBJECTIVE_STRATEGIES,
+                f"must be one of {list(OBJECTIVE_STRATEGIES)} with privacy.mode="
+                f"{self.privacy_mode!r}, which releases objectives that only they can sum (set "
                 "privacy.functional_aggregation=average for Flower's robust baselines)",
             )
-        self._require(
-            "reliability_strategy",
-            self.reliability_strategy in STRATEGIES,
-            f"must be one of {list(STRATEGIES)}",
-        )
-        self._require(
-            "participants_unreliable_fraction",
-            0 <= self.participants_unreliable_fraction <= 1,
-            "must be in [0, 1]",
-        )
-        self._require(
-            "participants_noise_rate", 0 <= self.participants_noise_rate <= 1, "must be in [0, 1]"
-        )
-        self._require(
-            "participants_feature_noise_std",
-            self.participants_feature_noise_std >= 0,
-            "must be >= 0",
-        )
-        self._require("participants_tiny_size", self.participants_tiny_size > 0, "must be > 0")
-        self._require("reliability_decay", 0 <= self.reliability_decay < 1, "must be in [0, 1)")
-        self._require("reliability_threshold", self.reliability_threshold >= 0, "must be >= 0")
-        self._require(
-            "reliability_relative_threshold",
-            0 <= self.reliability_relative_threshold <= 1,
-            "must be in [0, 1]",
-        )
-        self._require(
-            "reliability_server_data_size", self.reliability_server_data_size >= 0, "must be >= 0"
-        )
-        self._require(
-            "reliability_trim_beta", 0 <= self.reliability_trim_beta < 0.5, "must be in [0, 0.5)"
-        )
-        self._require(
-            "reliability_num_malicious", self.reliability_num_malicious >= 0, "must be >= 0"
-        )
-        self._require(
-            "device",
-            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
-            "must be 'auto', 'cpu' or 'cuda[:N]'",
-        )
         return self
+
+    def groups(self) -> FedPrivConf:
+        """These values as the setting groups (launch-only keys keep their defaults)."""
+        return from_values({self.setting_name(name): getattr(self, name) for name in _SETTINGS})
 
     def _require(self, name: str, ok: bool, what: str) -> None:
         if not ok:
             raise ValueError(f"{self.setting_name(name)} {what}, got {show(getattr(self, name))}")
 
 
-def show(value: Any) -> str:
-    """A value as a user would have typed it: ``-1`` not ``-1.0``, strings quoted."""
-    if isinstance(value, float) and not isinstance(value, bool):
-        return f"{value:g}"
-    return repr(value)
+_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("setting", True)
+)
+"""Fields that are settings of :mod:`protocol.groups` (all but ``output_dir``)."""
+
+_RENAMED_VALUES = {
+    name: RENAMED_VALUES[RunSettings.setting_name(name)]
+    for name in _SETTINGS
+    if RunSettings.setting_name(name) in RENAMED_VALUES
+}
+"""Field -> {deprecated value: its new name} (``model_name``: ``logreg`` -> ``softmax``)."""
+
+
+def upgrade_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config written under deprecated names, with the current ones (old checkpoints).
+
+    Keys of renamed groups (``reliability-strategy`` -> ``aggregation-strategy``) and renamed
+    values (``model-name = "logreg"`` -> ``"softmax"``); a key given under both names keeps the
+    new name's value.
+    """
+    out = dict(run_config)
+    for old, new in RENAMED_GROUPS.items():
+        for key in [k for k in out if k.startswith(f"{old}-")]:
+            value = out.pop(key)
+            out.setdefault(new + key[len(old) :], value)
+    for name, renamed in _RENAMED_VALUES.items():
+        key = RunSettings.run_config_key(name)
+        if isinstance(out.get(key), str) and out[key] in renamed:
+            out[key] = renamed[out[key]]
+    return out
+
+
+def pyproject_section() -> str:
+    """``pyproject.toml``'s ``[tool.flwr.app.config]``: the defaults of ``flwr run .``."""
+    lines = [
+        "[tool.flwr.app.config]",
+        "# Generated from protocol/groups.py by `python -m protocol.settings --pyproject --write`;",
+        "# tests/protocol/test_one_source.py checks that it is current.",
+    ]
+    for key, value in RunSettings().to_run_config().items():
+        text = json.dumps(value) if isinstance(value, (bool, str)) else repr(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def write_pyproject(path: Path) -> bool:
+    """Replace ``path``'s ``[tool.flwr.app.config]`` table by :func:`pyproject_section`.
+
+    Returns whether the file changed. The table runs from its header to the next table.
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    header = "[tool.flwr.app.config]\n"
+    start = lines.index(header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    while end > start + 1 and not lines[end - 1].strip():  # keep the blank line before the next
+        end -= 1
+    text = "".join([*lines[:start], pyproject_section(), *lines[end:]])
+    if text == "".join(lines):
+        return False
+    path.write_text(text)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m protocol.settings --pyproject [--write [PATH]]``."""
+    parser = argparse.ArgumentParser(prog="python -m protocol.settings", description=__doc__)
+    parser.add_argument("--pyproject", action="store_true", help="print [tool.flwr.app.config]")
+    parser.add_argument(
+        "--write",
+        nargs="?",
+        const="pyproject.toml",
+        metavar="PATH",
+        help="replace the table in PATH (default: ./pyproject.toml) instead of printing it",
+    )
+    args = parser.parse_args(argv)
+    if not args.pyproject:
+        parser.error("nothing to do: give --pyproject")
+    if args.write is None:
+        sys.stdout.write(pyproject_section())
+    else:
+        changed = write_pyproject(Path(args.write))
+        print(f"{args.write}: {'updated' if changed else 'already current'}")
+    return 0
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:
@@ -306,3 +338,7 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             return int(number)
         return number
     return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,7 +53,7 @@ class Scorer(Protocol):
 
 
 SCORERS: dict[str, Callable[..., Scorer]] = {}
-"""Registry of scorer factories by name (``reliability.scorer``)."""
+"""Registry of scorer factories by name (``aggregation.scorer``)."""
 
 F = TypeVar("F", bound=Callable[..., Scorer])
 
@@ -87,13 +87,13 @@ def make_scorer(name: str, **params: Any) -> Scorer:
 
     """
     if name not in SCORERS:
-        raise ValueError(f"reliability.scorer must be one of {sorted(SCORERS)}, got {name!r}")
+        raise ValueError(f"aggregation.scorer must be one of {sorted(SCORERS)}, got {name!r}")
     factory = SCORERS[name]
     try:
         inspect.signature(factory).bind(**params)
     except TypeError as err:
         raise ValueError(
-            f"reliability.scorer={name!r} does not accept parameters {params}: {err}"
+            f"aggregation.scorer={name!r} does not accept parameters {params}: {err}"
         ) from None
     return factory(**params)
 
@@ -195,8 +195,8 @@ class FLTrustScorer:
         """
         if r.server_update is None:
             raise ValueError(
-                "reliability.scorer='fltrust' needs server data "
-                "(reliability.server_data_size > 0), got none"
+                "aggregation.scorer='fltrust' needs server data "
+                "(aggregation.server_data_size > 0), got none"
             )
         if len(r) == 0:
             return _empty(r)
@@ -324,7 +324,7 @@ class OutputAgreementScorer:
     honest non-IID clients still share most of the label structure and keep positive scores.
     One round's cosines are noisy under DP; the decaying reputation
     (:class:`~reliability.Reputation`) accumulates them across rounds, and a relative
-    threshold (``reliability.relative_threshold``) turns the accumulated evidence into
+    threshold (``aggregation.relative_threshold``) turns the accumulated evidence into
     exclusion. The centre is the robust-aggregation idea of Yin et al. (ICML 2018,
     coordinate-wise median) used as a reference, in the spirit of Zhao et al. (IEEE TIFS
     2019), who weigh participants by how well their contributions agree with the others'.

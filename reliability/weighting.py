@@ -21,7 +21,7 @@ __all__ = ["ReliabilityWeighting", "Reputation", "aggregation_weights"]
 
 def _check_decay(decay: float) -> float:
     if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
-        raise ValueError(f"reliability.decay must be in [0, 1), got {decay!r}")
+        raise ValueError(f"aggregation.decay must be in [0, 1), got {decay!r}")
     return float(decay)
 
 
@@ -32,7 +32,7 @@ def _check_threshold(threshold: float) -> float:
         or not math.isfinite(threshold)
         or threshold < 0
     ):
-        raise ValueError(f"reliability.threshold must be a finite number >= 0, got {threshold!r}")
+        raise ValueError(f"aggregation.threshold must be a finite number >= 0, got {threshold!r}")
     return float(threshold)
 
 
@@ -140,7 +140,7 @@ def _check_relative(relative_threshold: float) -> float:
         or not 0 <= relative_threshold <= 1
     ):
         raise ValueError(
-            f"reliability.relative_threshold must be in [0, 1], got {relative_threshold!r}"
+            f"aggregation.relative_threshold must be in [0, 1], got {relative_threshold!r}"
         )
     return float(relative_threshold)
 
@@ -231,7 +231,7 @@ class ReliabilityWeighting:
         self.threshold = _check_threshold(threshold)
         self.relative_threshold = _check_relative(relative_threshold)
         if not isinstance(by_reputation, bool):
-            raise ValueError(f"reliability.by_reputation must be a bool, got {by_reputation!r}")
+            raise ValueError(f"aggregation.by_reputation must be a bool, got {by_reputation!r}")
         self.by_reputation = by_reputation
         if not isinstance(use_examples, bool):
             raise ValueError(f"reliability.use_examples must be a bool, got {use_examples!r}")
@@ -259,11 +259,11 @@ class ReliabilityWeighting:
 
         """
         result = self.scorer.score(r)
-        what = f"scores of reliability.scorer={self.scorer.name!r}"
+        what = f"scores of aggregation.scorer={self.scorer.name!r}"
         scores = _check_scores(result.scores, len(r), what)
         if len(result.updates) != len(r):
             raise ValueError(
-                f"reliability.scorer={self.scorer.name!r} returned {len(result.updates)} "
+                f"aggregation.scorer={self.scorer.name!r} returned {len(result.updates)} "
                 f"updates for {len(r)} clients"
             )
         rep = self.reputation.update(r.client_ids, scores)
@@ -299,7 +299,7 @@ class ReliabilityWeighting:
         """
         if state["scorer"] != self.scorer.name:
             raise ValueError(
-                f"reliability.scorer of the checkpoint is {state['scorer']!r}, "
+                f"aggregation.scorer of the checkpoint is {state['scorer']!r}, "
                 f"this run uses {self.scorer.name!r}"
             )
         saved = dict(state["reputation"])

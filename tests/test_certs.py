@@ -11,7 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from experiments.certs import main, make_dev_pki
+from experiments.certs import main
+from experiments.processes.certs import make_dev_pki
 
 
 def test_server_certificate_is_signed_by_the_ca_for_loopback(tmp_path: Path) -> None:

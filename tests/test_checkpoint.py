@@ -199,7 +199,7 @@ def test_restored_strategy_samples_what_the_original_would_have() -> None:
 
 
 def test_reputations_survive_a_checkpoint() -> None:
-    s = _settings(reliability_strategy="scorer", reliability_scorer="median_agreement")
+    s = _settings(aggregation_strategy="scorer", aggregation_scorer="median_agreement")
     strategy = make_strategy(s)
     strategy.current = to_record({"w": np.zeros(SHAPE, dtype=np.float32)})
     strategy.aggregate_train(1, [trained(1, 1.0, 10), trained(2, 1.1, 10), trained(3, 9.0, 10)])

@@ -9,7 +9,7 @@ from flwr.common.config import parse_config_args
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.deploy import check_deployment, deployment_connection
-from experiments.deployment import NodeSpec
+from experiments.processes.supernode import NodeSpec
 
 
 def _cfg(**federation: object) -> DictConfig:
@@ -30,7 +30,7 @@ def test_engine_and_address_and_ca_are_checked(tmp_path: Path) -> None:
 
 
 def test_connection_config_names_the_address_and_ca(tmp_path: Path) -> None:
-    from experiments.certs import make_dev_pki
+    from experiments.processes.certs import make_dev_pki
 
     ca = make_dev_pki(tmp_path / "pki", nodes=0).root / "ca.crt"
     assert ca.is_file()

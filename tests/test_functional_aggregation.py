@@ -10,7 +10,7 @@ import pytest
 from fl_messages import server_identity, trained
 from flwr.app import Message
 
-from fl_server.functional_strategy import ObjectiveFedAvg
+from fl_server.functional_strategy import ObjectiveFedAvg, noise_scale_of
 from fl_server.strategies import make_strategy
 from fl_server.strategy import WeightedFedAvg
 from privacy.functional import (
@@ -22,9 +22,13 @@ from privacy.functional import (
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.local_functional import FUNCTIONAL_HEAD, FUNCTIONAL_KINDS, functional_noise_scale
-from tasks.models import FUNCTIONAL_MODELS, ModelSpec, build_model
-from tasks.models_functional import FunctionalModel
+from tasks.models import ModelSpec, build_model, model_info, models_with
+from tasks.models.functional import FUNCTIONAL_HEAD, FunctionalModel
+
+
+def functional_noise_scale(settings: RunSettings, dim: int, outputs: int) -> float:
+    return noise_scale_of(settings)(dim, outputs)
+
 
 D = 4
 SETTINGS = RunSettings(
@@ -131,19 +135,19 @@ def test_average_aggregation_and_other_modes_keep_weighted_fedavg() -> None:
 
 
 def test_objective_aggregation_with_a_flower_baseline_is_a_config_error() -> None:
-    bad = dataclasses.replace(SETTINGS, reliability_strategy="krum")
-    with pytest.raises(ValueError, match="reliability.strategy must be one of"):
+    bad = dataclasses.replace(SETTINGS, aggregation_strategy="krum")
+    with pytest.raises(ValueError, match="aggregation.strategy must be one of"):
         bad.validate()
     dataclasses.replace(bad, privacy_functional_aggregation="average").validate()
     with pytest.raises(ValueError, match="privacy.functional_aggregation must be one of"):
         dataclasses.replace(SETTINGS, privacy_functional_aggregation="median").validate()
 
 
-@pytest.mark.parametrize("name", sorted(FUNCTIONAL_MODELS))
+@pytest.mark.parametrize("name", sorted(models_with("objective")))
 def test_kinds_and_head_name_match_the_models(name: str) -> None:
     dataset, classes = ("wage", 0) if name == "linear" else ("adult", 2)
     shape = (2,) if name == "linear" else (7,)
     model = build_model(ModelSpec(name, shape, classes, 8, dataset))
     assert isinstance(model, FunctionalModel)
-    assert FUNCTIONAL_KINDS[name] == model.objective_kind
+    assert model_info(name).objective == model.objective_kind
     assert FUNCTIONAL_HEAD in model.state_dict()

@@ -1,4 +1,4 @@
-"""privacy.mode=functional (tasks/local_functional.py) on real Adult / Wage / digits data."""
+"""privacy.mode=functional (tasks/training/functional.py) on real Adult / Wage / digits data."""
 
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ from fl_client.app import _load_state, _save_state
 from privacy import PureDpEvent
 from privacy.functional import SENSITIVITY_BOUNDS, FeatureBounds, minimise
 from protocol.settings import FUNCTIONAL_BOUNDS, RunSettings
-from tasks.local import LocalTask, MemoryLedgerStore, get_mode
-from tasks.local_functional import FUNCTIONAL_KEY, functional_file
+from tasks.data import ClientData, load_client_data, specs_from_settings
+from tasks.data.tabular import ADULT_BOUNDS
 from tasks.models import ModelSpec, build_model, get_weights
-from tasks.models_functional import FunctionalModel, PublicNormalise
-from tasks.partition import ClientData, load_client_data, specs_from_settings
-from tasks.tabular import ADULT_BOUNDS
-from tasks.training import evaluate
+from tasks.models.functional import FunctionalModel, PublicNormalise
+from tasks.training import LocalTask, MemoryLedgerStore, evaluate, trainer_for
+from tasks.training.functional import FUNCTIONAL_KEY, functional_file
 
 pytestmark = [
     pytest.mark.skipif(
@@ -89,7 +88,7 @@ def test_sensitivity_bound_names_agree_with_the_library() -> None:
 # ---------------------------------------------------------------------- noise drawn once
 def test_noise_drawn_once_two_rounds_same_objective_and_minimiser() -> None:
     store, state = MemoryLedgerStore(ADULT.privacy_delta), {}
-    mode = get_mode("functional")
+    mode = trainer_for("functional")
     r1 = mode(make_task(ADULT, 1, store, state))
     stored = json.dumps(state[FUNCTIONAL_KEY])
     rng = np.random.default_rng(0)
@@ -108,11 +107,11 @@ def test_noise_drawn_once_two_rounds_same_objective_and_minimiser() -> None:
 def test_gradient_steps_from_different_global_weights_reach_the_same_minimiser() -> None:
     settings = dataclasses.replace(ADULT, privacy_functional_steps=2000)
     store, state = MemoryLedgerStore(settings.privacy_delta), {}
-    mode = get_mode("functional")
+    mode = trainer_for("functional")
     rng = np.random.default_rng(1)
     a = mode(make_task(settings, 1, store, state, start=np.zeros((1, ADULT_BOUNDS.dim))))
     b = mode(make_task(settings, 2, store, state, start=rng.normal(0, 5, (1, ADULT_BOUNDS.dim))))
-    closed = get_mode("functional")(make_task(ADULT, 3, store, dict(state)))
+    closed = trainer_for("functional")(make_task(ADULT, 3, store, dict(state)))
     assert a.weights is not None and b.weights is not None and closed.weights is not None
     np.testing.assert_allclose(a.weights["head.weight"], closed.weights["head.weight"], atol=1e-4)
     np.testing.assert_allclose(b.weights["head.weight"], closed.weights["head.weight"], atol=1e-4)
@@ -124,7 +123,7 @@ def test_gradient_steps_from_different_global_weights_reach_the_same_minimiser()
 
 
 def test_restart_with_state_lost_reads_the_objective_beside_the_ledger(tmp_path: Path) -> None:
-    store, mode = MemoryLedgerStore(ADULT.privacy_delta), get_mode("functional")
+    store, mode = MemoryLedgerStore(ADULT.privacy_delta), trainer_for("functional")
     r1 = mode(make_task(ADULT, 1, store, {}, state_dir=tmp_path))
     path = functional_file(tmp_path, 0)
     assert path.exists() and json.loads(path.read_text())["epsilon"] == 1.0
@@ -142,7 +141,7 @@ def test_restart_with_state_lost_reads_the_objective_beside_the_ledger(tmp_path:
 
 
 def test_objective_lost_everywhere_is_a_new_release_never_a_silent_one() -> None:
-    store, mode = MemoryLedgerStore(ADULT.privacy_delta), get_mode("functional")
+    store, mode = MemoryLedgerStore(ADULT.privacy_delta), trainer_for("functional")
     mode(make_task(ADULT, 1, store, {}))
     # neither node state nor disk kept the objective; the ledger was kept: a new draw would
     # be a second event (2 x epsilon) past the budget, so the client declines and says why
@@ -157,7 +156,7 @@ def test_objective_lost_everywhere_is_a_new_release_never_a_silent_one() -> None
 
 
 def test_stored_release_of_another_configuration_is_refused(tmp_path: Path) -> None:
-    store, mode = MemoryLedgerStore(ADULT.privacy_delta), get_mode("functional")
+    store, mode = MemoryLedgerStore(ADULT.privacy_delta), trainer_for("functional")
     mode(make_task(ADULT, 1, store, {}, state_dir=tmp_path))
     other = dataclasses.replace(ADULT, privacy_target_epsilon=2.0)
     with pytest.raises(ValueError, match="epsilon=1.0 but this run has 2.0"):
@@ -172,7 +171,7 @@ def test_client_app_keeps_the_state_in_node_state() -> None:
 
 
 # ---------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("name", ["cnn", "mlp", "logreg"])
+@pytest.mark.parametrize("name", ["cnn", "mlp", "softmax"])
 def test_functional_with_an_unsupported_model_names_the_supported_ones(name: str) -> None:
     message = (
         f"privacy.mode='functional' supports model.name in ['fm_network', 'linear', "
@@ -189,7 +188,7 @@ def test_functional_with_an_unsupported_model_names_the_supported_ones(name: str
         settings, data, model, torch.device("cpu"), 1, 1, MemoryLedgerStore(1e-5), {}, 0
     )
     with pytest.raises(ValueError, match="supports model.name in"):
-        get_mode("functional")(task)
+        trainer_for("functional")(task)
 
 
 @pytest.mark.parametrize(
@@ -222,7 +221,7 @@ def test_nan_in_a_column_is_named() -> None:
     bad = dataclasses.replace(data, x_train=x)
     task = make_task(ADULT, 1, MemoryLedgerStore(1e-5), {}, data=bad)
     with pytest.raises(ValueError, match="column 'hours_per_week' contains NaN"):
-        get_mode("functional")(task)
+        trainer_for("functional")(task)
     with pytest.raises(ValueError, match="column 'c' is constant"):
         FeatureBounds(np.array([0.0, 1.0]), np.array([1.0, 1.0]), ("b", "c"))
 
@@ -299,7 +298,7 @@ def test_dpsgd_and_plain_sgd_train_the_functional_models(settings, name) -> None
         data = client_data(s)
         small = dataclasses.replace(data, x_train=data.x_train[:400], y_train=data.y_train[:400])
         task = make_task(s, 1, MemoryLedgerStore(s.privacy_delta), {}, data=small)
-        result = get_mode(mode)(task)
+        result = trainer_for(mode)(task)
         assert result.weights is not None, (name, mode)
         # the raw training loss leaves only without privacy
         assert np.isfinite(result.train_loss) == (mode == "none"), (name, mode)
@@ -309,7 +308,7 @@ def test_dpsgd_and_plain_sgd_train_the_functional_models(settings, name) -> None
 # ---------------------------------------------------------------------- utility
 def test_logistic_functional_on_adult_beats_the_majority_class() -> None:
     data = client_data(ADULT)
-    result = get_mode("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), {}, data=data))
+    result = trainer_for("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), {}, data=data))
     model = make_model(ADULT, data)
     assert result.weights is not None
     model.load_state_dict({k: torch.as_tensor(v) for k, v in result.weights.items()})
@@ -320,7 +319,9 @@ def test_logistic_functional_on_adult_beats_the_majority_class() -> None:
 def test_linear_functional_on_wage_beats_predicting_the_mean() -> None:
     settings = dataclasses.replace(WAGE, privacy_target_epsilon=100.0)
     data = client_data(settings)
-    result = get_mode("functional")(make_task(settings, 1, MemoryLedgerStore(1e-5), {}, data=data))
+    result = trainer_for("functional")(
+        make_task(settings, 1, MemoryLedgerStore(1e-5), {}, data=data)
+    )
     assert result.weights is not None and result.epsilon == 100.0
     model = make_model(settings, data)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in result.weights.items()})
@@ -338,7 +339,9 @@ def test_fm_network_one_vs_rest_on_digits_learns() -> None:
         num_clients=1,
     )
     data = client_data(settings)
-    result = get_mode("functional")(make_task(settings, 1, MemoryLedgerStore(1e-5), {}, data=data))
+    result = trainer_for("functional")(
+        make_task(settings, 1, MemoryLedgerStore(1e-5), {}, data=data)
+    )
     assert result.weights is not None and result.weights["head.weight"].shape == (10, 65)
     model = make_model(settings, data)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in result.weights.items()})
@@ -350,7 +353,7 @@ def test_minimiser_is_the_closed_form_of_the_stored_objective() -> None:
     from privacy.functional import FunctionalMechanism, QuadraticObjective, default_ridge
 
     state: dict = {}
-    result = get_mode("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), state))
+    result = trainer_for("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), state))
     objective = QuadraticObjective.from_dict(state[FUNCTIONAL_KEY]["objectives"][0])
     mech = FunctionalMechanism(1.0, "logistic", "l2")
     expected = minimise(objective, ridge=default_ridge(mech, ADULT_BOUNDS.dim))

@@ -34,11 +34,11 @@ from privacy.laplace import SeededSource, discrete_laplace_array
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
-from tasks.evaluation import evaluate_private
-from tasks.local import LocalTask, MemoryLedgerStore, get_mode, plan_file
-from tasks.local_functional import FUNCTIONAL_KEY, functional_mechanism
+from tasks.data import ClientData, load_client_data, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights
-from tasks.partition import ClientData, load_client_data, specs_from_settings
+from tasks.training import LocalTask, MemoryLedgerStore, evaluate_private, trainer_for
+from tasks.training.dpsgd import plan_file
+from tasks.training.functional import FUNCTIONAL_KEY, functional_mechanism
 
 DIGITS = RunSettings(num_clients=3, num_rounds=2, privacy_target_epsilon=4.0, batch_size=32)
 ADULT = RunSettings(
@@ -101,7 +101,7 @@ def _task(
 
 
 def _train(settings: RunSettings, data: ClientData, **kw: Any) -> dict[str, np.ndarray]:
-    result = get_mode(settings.privacy_mode)(_task(settings, data, **kw))
+    result = trainer_for(settings.privacy_mode)(_task(settings, data, **kw))
     assert result.weights is not None, result.reason
     return result.weights
 
@@ -128,7 +128,7 @@ def test_functional_release_minus_noise_derived_from_the_config_is_not_the_objec
     def attack(settings: RunSettings) -> float:
         """How far the release minus the config-derived noise is from the exact objective."""
         task = _task(settings, data)
-        get_mode("functional")(task)
+        trainer_for("functional")(task)
         released = QuadraticObjective.from_dict(task.state[FUNCTIONAL_KEY]["objectives"][0])
         model = task.model
         mech = functional_mechanism(settings, model.objective_kind, 1)
@@ -208,7 +208,7 @@ def test_an_empty_poisson_batch_still_takes_a_noised_step() -> None:
     data = _data(settings, n=2)
     store = MemoryLedgerStore(settings.privacy_delta)
     task = _task(settings, data, store=store)
-    get_mode("dpsgd")(task)
+    trainer_for("dpsgd")(task)
     (event,) = store.ledger.events
     plan = next(iter(task.state["plans"].values()))
     assert event.steps == plan["steps_per_round"] == 40  # type: ignore[union-attr]
@@ -293,7 +293,7 @@ def test_every_train_reply_field_is_public_or_covered_by_the_ledger(settings) ->
     replies = []
     for data in (d1, d2):
         store = MemoryLedgerStore(rep.privacy_delta)
-        result = get_mode(rep.privacy_mode)(_task(rep, data, store=store))
+        result = trainer_for(rep.privacy_mode)(_task(rep, data, store=store))
         assert store.ledger.events, "a release without a ledger event"
         replies.append(train_reply(_incoming(rep, data, MessageType.TRAIN), result, rep, 0))
     differ = _walk(*replies)

@@ -1,4 +1,4 @@
-"""Local training modes (tasks/local.py) on real digits data with real Opacus."""
+"""Local training modes (tasks/training/) on real digits data with real Opacus."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from protocol.settings import RunSettings
-from tasks.local import LocalTask, MemoryLedgerStore, get_mode
+from tasks.data import load_client_data, specs_from_settings
 from tasks.models import ModelSpec, build_model
-from tasks.partition import load_client_data, specs_from_settings
+from tasks.training import LocalTask, MemoryLedgerStore, trainer_for
 
 SETTINGS = RunSettings(num_clients=3, num_rounds=2, privacy_target_epsilon=2.0, batch_size=32)
 
@@ -25,7 +25,7 @@ def make_task(settings: RunSettings, rnd: int, store: MemoryLedgerStore, cache: 
 
 def test_dpsgd_spends_cumulatively_then_declines_past_budget() -> None:
     store, cache = MemoryLedgerStore(SETTINGS.privacy_delta), {}
-    mode = get_mode("dpsgd")
+    mode = trainer_for("dpsgd")
     r1 = mode(make_task(SETTINGS, 1, store, cache))
     plans = dict(cache["plans"])
     assert len(plans) == 1
@@ -49,7 +49,7 @@ def test_expanded_weights_and_hooks_compute_the_same_dp_sgd() -> None:
             SETTINGS, privacy_grad_sample_mode=mode_name, privacy_reproducible_noise=True
         )
         store = MemoryLedgerStore(settings.privacy_delta)
-        results[mode_name] = get_mode("dpsgd")(make_task(settings, 1, store, {}))
+        results[mode_name] = trainer_for("dpsgd")(make_task(settings, 1, store, {}))
     a, b = results["ew"].weights, results["hooks"].weights
     assert a is not None and b is not None
     for key in a:
@@ -60,7 +60,7 @@ def test_no_privacy_mode_reports_infinite_epsilon_and_trains() -> None:
     settings = dataclasses.replace(SETTINGS, privacy_mode="none")
     task = make_task(settings, 1, MemoryLedgerStore(settings.privacy_delta), {})
     before = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
-    result = get_mode("none")(task)
+    result = trainer_for("none")(task)
     assert result.epsilon == float("inf")
     assert result.weights is not None
     assert any(not np.allclose(result.weights[k], before[k].numpy()) for k in before)
@@ -68,4 +68,4 @@ def test_no_privacy_mode_reports_infinite_epsilon_and_trains() -> None:
 
 def test_unknown_mode_names_the_setting() -> None:
     with pytest.raises(ValueError, match="privacy.mode must be one of"):
-        get_mode("magic")
+        trainer_for("magic")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.node_data import TaskShape, load_node_data, read_node_file, write_node_file
+from tasks.data import TaskShape, load_node_data, read_node_file, write_node_file
 
 DIGITS = TaskShape((1, 8, 8), 10)
 

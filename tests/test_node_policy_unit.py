@@ -18,7 +18,7 @@ from fl_messages import server_identity
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 import fl_client.app as client_app
-from experiments.deploy import export_partitions
+from experiments.local_deployment import export_partitions
 from fl_client.policy import NodePolicy
 from privacy import PrivacyLedger, SampledGaussianEvent
 from privacy.ledger_file import LedgerFile, LedgerLostError, init_ledger

@@ -30,12 +30,12 @@ BASE = RunSettings()
         ),
         ({"seed": -1}, "seed must be in [0, 2**63 - 1], got -1"),
         (
-            {"reliability_strategy": "krum", "reliability_num_malicious": 2, "num_clients": 3},
-            "reliability.num_malicious needs at least 2 * num_malicious + 3 clients a round",
+            {"aggregation_strategy": "krum", "aggregation_num_malicious": 2, "num_clients": 3},
+            "aggregation.num_malicious needs at least 2 * num_malicious + 3 clients a round",
         ),
         (
-            {"reliability_strategy": "bulyan", "reliability_num_malicious": 1, "num_clients": 5},
-            "reliability.num_malicious needs at least 4 * num_malicious + 3",
+            {"aggregation_strategy": "bulyan", "aggregation_num_malicious": 1, "num_clients": 5},
+            "aggregation.num_malicious needs at least 4 * num_malicious + 3",
         ),
     ],
 )

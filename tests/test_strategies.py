@@ -31,11 +31,11 @@ def _serverapp_identity():
 
 
 def _settings(name: str, num_clients: int = 5, **kwargs) -> RunSettings:
-    scorer = {"reliability_scorer": "median_agreement"} if name == "scorer" else {}
+    scorer = {"aggregation_scorer": "median_agreement"} if name == "scorer" else {}
     return RunSettings(
         num_clients=num_clients,
-        reliability_strategy=name,
-        reliability_num_malicious=1,
+        aggregation_strategy=name,
+        aggregation_num_malicious=1,
         **(scorer | kwargs),
     ).validate()
 
@@ -80,34 +80,34 @@ def test_make_strategy_builds_every_registered_strategy(name: str) -> None:
 
 
 def test_baseline_parameters_come_from_settings() -> None:
-    trimmed = make_strategy(_settings("fedtrimmedavg", reliability_trim_beta=0.3))
+    trimmed = make_strategy(_settings("fedtrimmedavg", aggregation_trim_beta=0.3))
     assert trimmed.beta == pytest.approx(0.3)
     multikrum = make_strategy(_settings("multikrum", num_clients=6))
     assert multikrum.num_nodes_to_select == 5
 
 
 def test_unknown_strategy_is_rejected() -> None:
-    settings = dataclasses.replace(RunSettings(), reliability_strategy="fedmagic")
-    with pytest.raises(ValueError, match="reliability.strategy") as err:
+    settings = dataclasses.replace(RunSettings(), aggregation_strategy="fedmagic")
+    with pytest.raises(ValueError, match="aggregation.strategy") as err:
         make_strategy(settings)
     assert "fedmagic" in str(err.value)
-    with pytest.raises(ValueError, match="reliability.strategy"):
+    with pytest.raises(ValueError, match="aggregation.strategy"):
         settings.validate()
 
 
 def test_fltrust_without_server_data_is_rejected() -> None:
-    settings = RunSettings(reliability_strategy="scorer", reliability_scorer="fltrust")
-    with pytest.raises(ValueError, match="reliability.server_data_size"):
+    settings = RunSettings(aggregation_strategy="scorer", aggregation_scorer="fltrust")
+    with pytest.raises(ValueError, match="aggregation.server_data_size"):
         make_strategy(settings, None)
     strategy = make_strategy(settings, lambda rnd, g: {k: np.ones_like(v) for k, v in g.items()})
     assert strategy.server_update is not None
 
 
 def test_fltrust_needs_server_data_in_the_config_check() -> None:
-    settings = RunSettings(reliability_strategy="scorer", reliability_scorer="fltrust")
-    with pytest.raises(ValueError, match="reliability.server_data_size"):
+    settings = RunSettings(aggregation_strategy="scorer", aggregation_scorer="fltrust")
+    with pytest.raises(ValueError, match="aggregation.server_data_size"):
         check_data(settings)
-    with_data = check_data(dataclasses.replace(settings, reliability_server_data_size=100))
+    with_data = check_data(dataclasses.replace(settings, aggregation_server_data_size=100))
     assert len(with_data.train_sizes) == settings.num_clients
     assert min(with_data.train_sizes) > 0
     # the server's root data comes out of the clients' pool
@@ -203,12 +203,12 @@ def test_registry_entries_are_factories_of_settings() -> None:
     calls: list[str] = []
 
     def factory(settings: RunSettings, server_update):
-        calls.append(settings.reliability_strategy)
+        calls.append(settings.aggregation_strategy)
         return "built"
 
     strategies.register_strategy("test-only")(factory)
     try:
-        settings = dataclasses.replace(RunSettings(), reliability_strategy="test-only")
+        settings = dataclasses.replace(RunSettings(), aggregation_strategy="test-only")
         assert make_strategy(settings) == "built"
         assert calls == ["test-only"]
     finally:
@@ -218,9 +218,9 @@ def test_registry_entries_are_factories_of_settings() -> None:
 def test_scorer_strategy_takes_exclusion_settings_from_the_config() -> None:
     settings = _settings(
         "scorer",
-        reliability_scorer="output_agreement",
-        reliability_relative_threshold=0.5,
-        reliability_by_reputation=False,
+        aggregation_scorer="output_agreement",
+        aggregation_relative_threshold=0.5,
+        aggregation_by_reputation=False,
     )
     strategy = make_strategy(settings)
     assert isinstance(strategy, WeightedFedAvg)
@@ -228,8 +228,8 @@ def test_scorer_strategy_takes_exclusion_settings_from_the_config() -> None:
     assert weighting.relative_threshold == 0.5  # type: ignore[attr-defined]
     assert weighting.by_reputation is False  # type: ignore[attr-defined]
     assert weighting.scorer.name == "output_agreement"  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match=r"reliability\.relative_threshold must be in \[0, 1\]"):
-        dataclasses.replace(settings, reliability_relative_threshold=1.5).validate()
+    with pytest.raises(ValueError, match=r"aggregation\.relative_threshold must be in \[0, 1\]"):
+        dataclasses.replace(settings, aggregation_relative_threshold=1.5).validate()
 
 
 @pytest.mark.parametrize(("group", "relative"), [("fltrust", 0.25), ("output_agreement", 0.5)])
@@ -244,9 +244,9 @@ def test_reliability_conf_group_sets_the_exclusion_rule(group, relative) -> None
     register_schema()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with hydra.initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = hydra.compose("config", overrides=[f"reliability={group}"])
+        cfg = hydra.compose("config", overrides=[f"aggregation={group}"])
     settings = to_settings(cfg)
-    assert settings.reliability_scorer == group
-    assert settings.reliability_relative_threshold == relative
-    assert settings.reliability_by_reputation is False
-    assert settings.to_run_config()["reliability-by-reputation"] is False
+    assert settings.aggregation_scorer == group
+    assert settings.aggregation_relative_threshold == relative
+    assert settings.aggregation_by_reputation is False
+    assert settings.to_run_config()["aggregation-by-reputation"] is False

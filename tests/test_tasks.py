@@ -12,14 +12,15 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from tasks.datasets import (
+from tasks.data import (
     DatasetSpec,
-    _ArraysOnlyUnpickler,
-    bundle_from_hf,
+    PartitionSpec,
     load_dataset,
+    partition_indices,
+    split_train_val,
 )
+from tasks.data.images import _ArraysOnlyUnpickler, bundle_from_hf
 from tasks.models import MODELS, ModelSpec, build_model, get_weights, set_weights
-from tasks.partition import PartitionSpec, partition_indices, split_train_val
 from tasks.training import evaluate, make_loader, select_device, train_epochs
 
 
@@ -232,7 +233,7 @@ SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 
 
 @pytest.mark.parametrize("shape_name", sorted(SHAPES))
-@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
+@pytest.mark.parametrize("name", ["softmax", "mlp", "cnn"])
 def test_model_shapes_and_opacus_compatibility(name: str, shape_name: str) -> None:
     shape = SHAPES[shape_name]
     model = build_model(ModelSpec(name, shape, 10, hidden=16), seed=0)
@@ -242,7 +243,7 @@ def test_model_shapes_and_opacus_compatibility(name: str, shape_name: str) -> No
 
 
 def test_all_registered_models_are_tested() -> None:
-    assert set(MODELS) == {"logreg", "mlp", "cnn", "dpcnn", "logistic", "linear", "fm_network"}
+    assert set(MODELS) == {"softmax", "mlp", "cnn", "dpcnn", "logistic", "linear", "fm_network"}
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 14, 14)])
@@ -259,7 +260,7 @@ def test_dpcnn_rejects_images_smaller_than_14() -> None:
         build_model(ModelSpec("dpcnn", (1, 8, 8), 10))
 
 
-@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
+@pytest.mark.parametrize("name", ["softmax", "mlp", "cnn"])
 def test_build_model_is_seeded(name: str) -> None:
     spec = ModelSpec(name, (1, 8, 8), 10)
     a, b = get_weights(build_model(spec, seed=1)), get_weights(build_model(spec, seed=1))
@@ -304,7 +305,7 @@ def test_get_set_weights_round_trip() -> None:
 
 
 def test_set_weights_wrong_shape_names_the_key() -> None:
-    model = build_model(ModelSpec("logreg", (1, 8, 8), 10))
+    model = build_model(ModelSpec("softmax", (1, 8, 8), 10))
     weights = get_weights(model)
     weights["1.weight"] = np.zeros((10, 63), dtype=np.float32)
     with pytest.raises(ValueError, match=r"1\.weight"):
@@ -312,7 +313,7 @@ def test_set_weights_wrong_shape_names_the_key() -> None:
 
 
 def test_set_weights_missing_key() -> None:
-    model = build_model(ModelSpec("logreg", (1, 8, 8), 10))
+    model = build_model(ModelSpec("softmax", (1, 8, 8), 10))
     weights = get_weights(model)
     del weights["1.bias"]
     with pytest.raises(ValueError, match=r"1\.bias"):
@@ -322,7 +323,7 @@ def test_set_weights_missing_key() -> None:
 # ---------------------------------------------------------------------- training
 def test_train_epochs_learns_digits(digits) -> None:
     device = torch.device("cpu")
-    model = build_model(ModelSpec("logreg", (1, 8, 8), 10), seed=0)
+    model = build_model(ModelSpec("softmax", (1, 8, 8), 10), seed=0)
     loss0, acc0 = evaluate(model, digits.x_train, digits.y_train, device)
     loader = make_loader(digits.x_train, digits.y_train, 32, torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -341,7 +342,7 @@ def test_train_epochs_learns_digits(digits) -> None:
 
 
 def test_evaluate_empty_is_nan() -> None:
-    model = build_model(ModelSpec("logreg", (1, 8, 8), 10))
+    model = build_model(ModelSpec("softmax", (1, 8, 8), 10))
     loss, acc = evaluate(
         model, np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64), torch.device("cpu")
     )

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from protocol.settings import RunSettings
-from tasks.partition import ClientData, load_client_data, specs_from_settings
-from tasks.unreliable import (
+from tasks.data import ClientData, load_client_data, specs_from_settings
+from tasks.participants import (
     DATA_KINDS,
     REPLY_KINDS,
     check_kind,

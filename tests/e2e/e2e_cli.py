@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.processes.launcher import processes_in_home, stop_process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 

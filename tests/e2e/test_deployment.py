@@ -19,10 +19,11 @@ import psutil
 import pytest
 from e2e_cli import REPO
 
-from experiments.certs import make_node_key
-from experiments.deploy import LocalDeployment
-from experiments.deployment import NodeSpec, SuperNode, list_nodes
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.local_deployment import LocalDeployment
+from experiments.processes.certs import make_node_key
+from experiments.processes.launcher import processes_in_home, stop_process_tree
+from experiments.processes.superlink import list_nodes
+from experiments.processes.supernode import NodeSpec, SuperNode
 
 RUN_TIMEOUT = 900
 

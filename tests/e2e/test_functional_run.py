@@ -109,7 +109,7 @@ def test_wage_linear_regression_run_reports_mse(tmp_path: Path) -> None:
         (["dataset=wage", "model=mlp"], "regression dataset"),
         (["privacy=functional", "privacy.functional_bound=tight"], "privacy.functional_bound"),
         (
-            ["privacy=functional", "model=logistic", "dataset=adult", "reliability=fedmedian"],
+            ["privacy=functional", "model=logistic", "dataset=adult", "aggregation=fedmedian"],
             "set privacy.functional_aggregation=average for Flower's robust baselines",
         ),
     ],

@@ -46,8 +46,8 @@ import pandas as pd
 import pytest
 from e2e_cli import REPO
 
-from experiments.deploy import LocalDeployment
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.local_deployment import LocalDeployment
+from experiments.processes.launcher import processes_in_home, stop_process_tree
 from fl_server.replies import COUNT_CAP_FACTOR
 
 RUN_TIMEOUT = 900

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from e2e_cli import REPO
 
-from experiments.certs import make_node_key
-from experiments.deploy import LocalDeployment
-from experiments.deployment import connect, register_node
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.local_deployment import LocalDeployment
+from experiments.processes.certs import make_node_key
+from experiments.processes.launcher import processes_in_home, stop_process_tree
+from experiments.processes.superlink import connect, register_node
 from privacy.ledger_file import init_ledger
 
 pytestmark = pytest.mark.skipif(

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from e2e_cli import REPO, run_cli
 
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.processes.launcher import processes_in_home, stop_process_tree
 
 TARGET = 3.0
 BASE = ["dataset=digits", "privacy=dpsgd", f"privacy.target_epsilon={TARGET:g}"]

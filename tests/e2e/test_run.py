@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from e2e_cli import REPO, run_cli
 
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.processes.launcher import processes_in_home, stop_process_tree
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 def test_reliability_scorer_run_with_label_flippers_writes_scores(tmp_path: Path) -> None:
     res = run_cli(
         tmp_path,
-        "reliability=median_agreement",
+        "aggregation=median_agreement",
         "participants=label_flip",
         "participants.unreliable_fraction=0.3",
         "privacy=none",

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from e2e_cli import REPO, run_experiments
 
-from experiments.launcher import processes_in_home, stop_process_tree
+from experiments.processes.launcher import processes_in_home, stop_process_tree
 
 GRID = ["privacy.target_epsilon=2,4", "seed=0,1"]
 SMALL = ["federation.num_clients=2", "federation.rounds=1", "federation.fraction_evaluate=0"]

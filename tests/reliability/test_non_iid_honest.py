@@ -17,9 +17,8 @@ import torch
 
 from protocol.settings import RunSettings
 from reliability import ReliabilityWeighting, RoundInput, make_scorer
-from tasks.datasets import load_dataset
+from tasks.data import load_client_data, load_dataset, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
-from tasks.partition import load_client_data, specs_from_settings
 from tasks.training import make_loader, train_epochs
 
 N_CLIENTS, ROUNDS, NOISE = 10, 3, 2.0
@@ -36,7 +35,7 @@ CONFIGS = {
 Dirichlet(0.3) median agreement excludes nobody, while FLTrust's ReLU gives trust 0 to about a
 quarter of the honest clients (updates of one- or two-class clients point away from the
 server's IID root update: a known limitation of direction-based trust), and excluding below half
-the median reputation raises that to about 0.43; below a quarter (``conf/reliability/fltrust.yaml``)
+the median reputation raises that to about 0.43; below a quarter (``conf/aggregation/fltrust.yaml``)
 to 0.30. The bounds keep these figures from getting
 worse unnoticed; README's reliability section reports them."""
 

@@ -10,14 +10,14 @@ def test_unknown_scorer_lists_known_names() -> None:
     with pytest.raises(ValueError) as info:
         make_scorer("krumm")
     msg = str(info.value)
-    assert msg.startswith("reliability.scorer must be one of [")
+    assert msg.startswith("aggregation.scorer must be one of [")
     assert msg.endswith("got 'krumm'")
     for name in ("fltrust", "median_agreement", "uniform"):
         assert repr(name) in msg
 
 
 def test_bad_parameters_name_the_scorer() -> None:
-    with pytest.raises(ValueError, match=r"reliability\.scorer='uniform' does not accept"):
+    with pytest.raises(ValueError, match=r"aggregation\.scorer='uniform' does not accept"):
         make_scorer("uniform", temperature=2.0)
 
 

@@ -143,8 +143,8 @@ def test_output_agreement_rejects_bad_params(params, match) -> None:
 def test_fltrust_without_server_update_raises() -> None:
     r = attacked_round(0, server=False)
     msg = (
-        r"reliability\.scorer='fltrust' needs server data "
-        r"\(reliability\.server_data_size > 0\), got none"
+        r"aggregation\.scorer='fltrust' needs server data "
+        r"\(aggregation\.server_data_size > 0\), got none"
     )
     with pytest.raises(ValueError, match=msg):
         make_scorer("fltrust").score(r)

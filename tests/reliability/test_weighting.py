@@ -41,9 +41,9 @@ def test_absent_client_keeps_its_reputation() -> None:
 
 @pytest.mark.parametrize("decay", [1.5, 1.0, -0.1, float("nan"), True, "0.5"])
 def test_invalid_decay_names_the_setting(decay) -> None:
-    with pytest.raises(ValueError, match=r"reliability\.decay must be in \[0, 1\), got"):
+    with pytest.raises(ValueError, match=r"aggregation\.decay must be in \[0, 1\), got"):
         Reputation(decay=decay)
-    with pytest.raises(ValueError, match=r"reliability\.decay"):
+    with pytest.raises(ValueError, match=r"aggregation\.decay"):
         ReliabilityWeighting(make_scorer("uniform"), decay=decay)
 
 
@@ -88,7 +88,7 @@ def test_aggregation_weights_threshold_zeroes_low_reputations() -> None:
     assert w[1] == 0.0
     np.testing.assert_allclose(w, [0.6, 0.0, 0.4])
     assert aggregation_weights(np.array([0.1, 0.2]), [1, 1], threshold=0.5).sum() == 0.0
-    with pytest.raises(ValueError, match=r"reliability\.threshold must be .* got -1"):
+    with pytest.raises(ValueError, match=r"aggregation\.threshold must be .* got -1"):
         aggregation_weights(np.ones(2), [1, 1], threshold=-1)
 
 
@@ -102,7 +102,7 @@ def test_relative_threshold_excludes_below_a_share_of_the_median() -> None:
     # the absolute threshold still applies on top
     w3 = aggregation_weights(rep, [1] * 5, relative_threshold=0.5, threshold=0.045)
     assert np.flatnonzero(w3).tolist() == [0, 3]
-    msg = r"reliability\.relative_threshold must be in \[0, 1\], got 2"
+    msg = r"aggregation\.relative_threshold must be in \[0, 1\], got 2"
     with pytest.raises(ValueError, match=msg):
         aggregation_weights(rep, [1] * 5, relative_threshold=2)
 
@@ -113,7 +113,7 @@ def test_by_reputation_false_weighs_kept_clients_by_examples_only() -> None:
         rep, [100, 200, 300, 400, 500], relative_threshold=0.5, by_reputation=False
     )
     np.testing.assert_allclose(w, np.array([100, 200, 0, 400, 0]) / 700)
-    with pytest.raises(ValueError, match=r"reliability\.by_reputation must be a bool"):
+    with pytest.raises(ValueError, match=r"aggregation\.by_reputation must be a bool"):
         ReliabilityWeighting(make_scorer("uniform"), by_reputation=1)  # type: ignore[arg-type]
 
 
@@ -161,5 +161,5 @@ def test_weighting_rejects_a_scorer_with_bad_scores() -> None:
 
             return Scores(np.full(len(r), -1.0), r.updates)
 
-    with pytest.raises(ValueError, match="scores of reliability.scorer='broken'"):
+    with pytest.raises(ValueError, match="scores of aggregation.scorer='broken'"):
         ReliabilityWeighting(Broken())(attacked_round(0))

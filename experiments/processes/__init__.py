@@ -1,0 +1,17 @@
+"""Flower's processes, started, watched and stopped by PID; nothing else of fedpriv imported.
+
+=================  ==========================================================================
+``launcher``       ports, environment (own ``FLWR_HOME``), stopping process trees,
+                   :class:`~experiments.processes.launcher.OwnedProcess`, the ``flwr`` CLI
+                   connection and ``LocalSimulation`` (the simulation engine)
+``superlink``      the operator's ``flower-superlink`` (TLS, node authentication); register
+                   and list SuperNodes
+``supernode``      a participant's ``flower-supernode`` and its node config (``NodeSpec``)
+``proxy``          nginx in front of the SuperLink: participants reach the Fleet API only
+``fab_guard``      Flower's SuperExec that launches approved apps (by FAB hash) only
+``certs``          development CA, server certificate and node keys
+=================  ==========================================================================
+
+The commands over these modules are ``python -m experiments.deploy`` and
+``python -m experiments.certs``; ``experiments.local_deployment`` puts them all on one machine.
+"""

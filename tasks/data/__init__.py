@@ -1,0 +1,62 @@
+"""Data: the dataset registry and its sources, public bounds, partitioning and node files.
+
+:mod:`tasks.data.registry` defines :class:`DataBundle` and the registry; the sources
+:mod:`tasks.data.images` (digits, MNIST, Hugging Face) and :mod:`tasks.data.tabular` (Adult,
+wage) register themselves on import, here. :mod:`tasks.data.bounds` holds the datasets'
+declared public bounds, :mod:`tasks.data.partition` the simulation's partitioning and
+:mod:`tasks.data.node_files` the files a real participant's node reads.
+"""
+
+from tasks.data import images, tabular  # noqa: F401  (plug-ins: register their datasets)
+from tasks.data.bounds import PUBLIC_BOUNDS, PublicBounds, public_bounds, register_public_bounds
+from tasks.data.node_files import (
+    TaskShape,
+    load_node_data,
+    read_node_file,
+    task_shape,
+    write_node_file,
+)
+from tasks.data.partition import (
+    ClientData,
+    PartitionSpec,
+    client_partitions,
+    load_client_data,
+    partition_indices,
+    server_indices,
+    specs_from_settings,
+    split_train_val,
+)
+from tasks.data.registry import (
+    DATASETS,
+    DataBundle,
+    DatasetSpec,
+    cache_dir,
+    load_dataset,
+    register_dataset,
+)
+
+__all__ = [
+    "DATASETS",
+    "PUBLIC_BOUNDS",
+    "ClientData",
+    "DataBundle",
+    "DatasetSpec",
+    "PartitionSpec",
+    "PublicBounds",
+    "TaskShape",
+    "cache_dir",
+    "client_partitions",
+    "load_client_data",
+    "load_dataset",
+    "load_node_data",
+    "partition_indices",
+    "public_bounds",
+    "read_node_file",
+    "register_dataset",
+    "register_public_bounds",
+    "server_indices",
+    "specs_from_settings",
+    "split_train_val",
+    "task_shape",
+    "write_node_file",
+]

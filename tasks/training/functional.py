@@ -1,0 +1,200 @@
+"""The functional mechanism as a privacy mode of local training (``privacy.mode=functional``).
+
+Named by the ``functional`` mode (:mod:`privacy.functional`) as its trainer. One noisy
+objective per client dataset (Zhang et al. 2012, Algorithm 1), kept in the client's node
+state and beside its ledger on disk, minimised from the global weights every round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from privacy import PureDpEvent, derive_seed, get_mode
+from privacy.functional import (
+    FunctionalMechanism,
+    QuadraticObjective,
+    default_ridge,
+    gradient_steps,
+    head_mechanism,
+    make_noise_generator,
+    minimise,
+    objectives_to_arrays,
+    stabilise,
+)
+from protocol.atomic import write_atomically
+from protocol.settings import RunSettings
+from tasks.models.functional import FunctionalModel
+from tasks.models.registry import get_weights, models_with
+from tasks.training.local import LocalResult, LocalTask
+
+FUNCTIONAL_KEY = "functional"
+"""Key of the noisy objectives in :attr:`LocalTask.state` (and name of the file on disk)."""
+FUNCTIONAL_VERSION = 1
+
+
+def functional_mechanism(settings: RunSettings, kind: str, outputs: int) -> FunctionalMechanism:
+    """The mechanism of one head row: one-vs-rest heads share ``privacy.target_epsilon``."""
+    return head_mechanism(
+        settings.training_epsilon, kind, settings.privacy_functional_bound, outputs
+    )
+
+
+def functional_model(task_model: nn.Module, model_name: str) -> FunctionalModel:
+    """The model as a :class:`FunctionalModel`; ``ValueError`` names the supported models."""
+    if not isinstance(task_model, FunctionalModel):
+        raise ValueError(
+            f"privacy.mode='functional' supports model.name in {sorted(models_with('objective'))}, "
+            f"got {model_name!r}"
+        )
+    return task_model
+
+
+def functional_file(state_dir: Path, partition_id: int) -> Path:
+    """Where a client's noisy objectives lie on disk: beside its ledger."""
+    return state_dir / f"{FUNCTIONAL_KEY}-client-{partition_id}.json"
+
+
+def _load_release(task: LocalTask) -> dict[str, Any] | None:
+    """The stored release: the file on disk wins (it survives restarts), else node state."""
+    path = (
+        functional_file(task.state_dir, task.partition_id) if task.state_dir is not None else None
+    )
+    release: dict[str, Any] | None = None
+    if path is not None and path.exists():
+        release = json.loads(path.read_text(encoding="utf-8"))
+    elif FUNCTIONAL_KEY in task.state:
+        release = task.state[FUNCTIONAL_KEY]
+        if path is not None:  # the file went missing: put the release back beside the ledger
+            write_atomically(path, json.dumps(release))
+    if release is not None:
+        task.state[FUNCTIONAL_KEY] = release
+    return release
+
+
+def _check_release(release: dict[str, Any], expected: dict[str, Any]) -> None:
+    """A stored release must match this run's mechanism; reusing another one is an error."""
+    for key, value in expected.items():
+        if release.get(key) != value:
+            raise ValueError(
+                f"the stored functional-mechanism release has {key}={release.get(key)!r} but this "
+                f"run has {value!r}; it was drawn for another configuration (remove it only if "
+                "its budget is accounted for elsewhere)"
+            )
+
+
+def train_functional(task: LocalTask) -> LocalResult:
+    """The functional mechanism: one noisy objective per client dataset, minimised every round.
+
+    First round of a client: build the exact objective of the model's trainable head on its
+    training data (records normalised by the dataset's public bounds), add
+    ``Laplace(Delta/epsilon)`` noise once (Zhang et al. 2012, Algorithm 1; one-vs-rest heads
+    share ``epsilon`` equally), record ONE :class:`PureDpEvent` of ``epsilon =
+    privacy.target_epsilon`` in the ledger, then keep the noisy objectives in the client's
+    state and beside the ledger on disk (ledger first: a crash in between over-counts, never
+    under-counts). Every round (the first included): stabilise the same noisy objectives
+    and move from the received global weights to their minimiser (closed form, or
+    ``privacy.functional_steps`` gradient steps). Only post-processing after the draw, so
+    epsilon stays at ``privacy.target_epsilon`` however many rounds run.
+
+    With ``privacy.functional_aggregation=objective`` the result also carries the noisy
+    objectives themselves (:attr:`LocalResult.release`), the same every round: they are the
+    mechanism's epsilon-DP output, so releasing them is covered by the one ledger event
+    (see :mod:`privacy.functional.aggregate`), and the server sums and minimises them.
+
+    If the stored objectives are lost (node state and disk), a new draw is a new release: it
+    is recorded as a second event, and declined when that would exceed the budget.
+    """
+    s = task.settings
+    model = functional_model(task.model, s.model_name)
+    n = len(task.data.y_train)
+    outputs = model.head.out_features
+    dim = model.head.in_features
+    mech = functional_mechanism(s, model.objective_kind, outputs)
+    expected = {
+        "version": FUNCTIONAL_VERSION,
+        "model": s.model_name,
+        "kind": mech.kind,
+        "bound": mech.bound,
+        "epsilon": float(s.training_epsilon),
+        "dim": dim,
+        "outputs": outputs,
+        "num_examples": n,
+    }
+    start = time.perf_counter()
+    release = _load_release(task)
+    if release is None:
+        ledger = task.ledger.load()
+        event = PureDpEvent(
+            epsilon=float(s.training_epsilon), round=task.server_round, mechanism="functional"
+        )
+        if ledger.epsilon_if(event) > task.epsilon_budget * (1 + 1e-9):
+            return LocalResult(
+                None,
+                n,
+                float("nan"),
+                ledger.epsilon(),
+                f"declined: no stored functional-mechanism objective, and a new noise draw "
+                f"would take epsilon from {ledger.epsilon():.4g} past the budget "
+                f"{task.epsilon_budget:g}",
+            )
+        feats = model.fm_features(task.data.x_train)
+        targets = model.fm_targets(task.data.y_train)
+        # Secret by default: OS entropy (CSPRNG), never the run seed; see make_noise_generator.
+        generator = make_noise_generator(
+            derive_seed(s.seed, task.partition_id, 0xF0C7), secure=not s.privacy_reproducible_noise
+        )
+        noisy = [mech.perturb(mech.objective(feats, t), generator) for t in targets]
+        ledger.record(event)
+        task.ledger.save(ledger)  # the spend is on record before anything uses the draw
+        release = {
+            **expected,
+            "round": task.server_round,
+            "objectives": [o.to_dict() for o in noisy],
+        }
+        task.state[FUNCTIONAL_KEY] = release
+        if task.state_dir is not None:
+            write_atomically(
+                functional_file(task.state_dir, task.partition_id), json.dumps(release)
+            )
+    _check_release(release, expected)
+    stored: list[dict[str, Any]] = release["objectives"]
+    objectives = [QuadraticObjective.from_dict(o) for o in stored]
+    ridge = default_ridge(mech, dim)
+    start_weights = model.head.weight.detach().cpu().double().numpy()
+    rows = []
+    for k, objective in enumerate(objectives):
+        if s.privacy_functional_steps == 0:
+            rows.append(minimise(objective, ridge=ridge))
+        else:
+            stable = stabilise(objective, ridge=ridge)
+            rows.append(gradient_steps(stable, start_weights[k], steps=s.privacy_functional_steps))
+    head = np.stack(rows)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(head, dtype=model.head.weight.dtype))
+    # Reported loss: the noisy objectives at the new weights, per example (post-processing).
+    # Their constant is not released, so this is the loss relative to the all-zero model's.
+    loss = sum(o.value(w) for o, w in zip(objectives, rows, strict=True)) / max(n, 1)
+    seconds = time.perf_counter() - start
+    # The released objectives are the epsilon-DP output itself: sending them is no new spend.
+    release = (
+        objectives_to_arrays(objectives)
+        if get_mode(s.privacy_mode).release(s) == "objective"
+        else None
+    )
+    return LocalResult(
+        get_weights(model),
+        n,
+        float("nan"),
+        task.ledger.load().epsilon(),
+        "",
+        seconds,
+        release,
+        train_loss_dp=float(loss),
+    )
