@@ -15,7 +15,7 @@ from protocol.checkpoint import Checkpoint, CheckpointError, dumps, load_checkpo
 from protocol.checkpoint import save_checkpoint as save
 from protocol.settings import RunSettings
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 SHAPES = {"layer.weight": (3, 2), "layer.bias": (3,)}
 
 

@@ -242,7 +242,7 @@ def test_reliability_conf_group_sets_the_exclusion_rule(group, relative) -> None
     from experiments.schema import register_schema
 
     register_schema()
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     with hydra.initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = hydra.compose("config", overrides=[f"aggregation={group}"])
     settings = to_settings(cfg)

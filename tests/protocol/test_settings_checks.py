@@ -101,7 +101,7 @@ def test_the_cli_refuses_a_huge_seed_before_anything_starts(tmp_path: Path) -> N
             f"hydra.run.dir={tmp_path}",
             "seed=1180591620717411303424",
         ],
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROCESSES = REPO / "experiments" / "processes"
 PACKAGE = "experiments.processes"
 PROJECT = sorted(p.name for p in REPO.iterdir() if p.is_dir() and (p / "__init__.py").is_file())

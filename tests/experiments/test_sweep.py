@@ -28,7 +28,7 @@ from experiments.sweep import (
 )
 from protocol.settings import RunSettings
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 register_schema()
 
 
