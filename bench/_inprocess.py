@@ -63,7 +63,7 @@ def run_rounds(
     data : mapping of int to ClientData
         Each client's data by partition id (node id is partition id + 1).
     strategy
-        A strategy of :func:`fl_server.strategies.make_strategy`.
+        A strategy of :func:`fl_server.registry.make_strategy`.
     weights : dict of str to numpy.ndarray
         The initial global weights.
     observe : callable or None

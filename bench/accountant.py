@@ -38,7 +38,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
-from fl_server.strategies import make_strategy
+from fl_server.registry import make_strategy
 from privacy import plan_dpsgd
 from privacy.accounting import History, get_accountant, register_accountant
 from protocol.settings import RunSettings

@@ -13,7 +13,7 @@ The rounds run in this process through the project's real code: the same client 
 (datasets, flwr-datasets partitioners, train/validation split), the real local privacy modes
 (``tasks.training``: ``functional``, ``dpsgd``, ``none``) with each client's ledger and state, real
 Flower train replies built as the ClientApp builds them, and the strategy the ServerApp uses
-(``fl_server.strategies.make_strategy``: example-weighted FedAvg); only Flower's transport
+(``fl_server.registry.make_strategy``: example-weighted FedAvg); only Flower's transport
 (SuperLink, SuperNodes) is left out, which changes no number here. The functional
 mechanism's sensitivity bound is the settings' default (``privacy.functional_bound=l2``), and
 so is its aggregation (``privacy.functional_aggregation=objective``: the server sums the
@@ -21,14 +21,30 @@ clients' released noisy objectives and minimises once); ``--paper`` adds one row
 with the paper's bound (Zhang et al. 2012), ``--average`` one with FedAvg of the clients' own
 minimisers (``privacy.functional_aggregation=average``).
 
-    .venv/bin/python bench/functional.py                # defaults: 10 seeds, ~4 min on 2 cores
+Validation records, held by no client: the validation fifth on which
+``bench/functional_features.py`` chose the encodings (Adult: a stratified fifth of
+``adult.data``; Wage: a fifth of the loader's seed-0 training split) is taken out of the pool
+before it is dealt to the clients, in every run of this script, and out of every test split
+(Wage re-draws its 80/20 split per seed). DP-SGD's and no privacy's batch size and learning
+rate (plain SGD) are chosen on those records only: ``--select-on-validation`` runs a grid
+(batch sizes x learning rates, DP-SGD at epsilon 1 and none, a few seeds), scores each final
+global model on the validation records, and takes the best mean per dataset and mode; the
+test split is never read during selection. The defaults below (:data:`SELECTED`) are that
+grid's choice (rows in ``bench/functional_tune_results.csv``). The functional mechanism has no
+learning rate or batch size.
+
+    .venv/bin/python bench/functional.py                # defaults: 10 seeds, ~5 min on 2 cores
     .venv/bin/python bench/functional.py --seeds 0 --epsilons 0.5 1 2 --datasets adult
+    .venv/bin/python bench/functional.py --select-on-validation --select-only \\
+        --grid-out bench/functional_tune_results.csv    # re-run the selection grid (~5 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import itertools
 import logging
 import math
 import statistics
@@ -42,8 +58,10 @@ import torch
 from _functional_report import (  # bench/_functional_report.py (this folder is on sys.path)
     CEILING_EPSILON,
     DATASETS,
+    VALIDATION_NOTE,
     accuracy_tables,
     fmt,
+    holdout,
     print_targets,
     timing_rows,
 )
@@ -51,15 +69,86 @@ from _inprocess import run_rounds  # bench/_inprocess.py (this script's folder i
 from flwr.supercore.task_identity import TaskIdentity
 
 from experiments.config import check_data
-from fl_server.strategies import make_strategy
+from fl_server.registry import make_strategy
+from privacy import get_mode
 from protocol.settings import RunSettings
-from tasks.data import load_client_data, load_dataset, specs_from_settings
+from tasks.data import (
+    ClientData,
+    DatasetSpec,
+    PartitionSpec,
+    load_dataset,
+    partition_indices,
+    specs_from_settings,
+    split_train_val,
+)
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
 from tasks.training import LocalResult, evaluate
 
+TRAINED = ("dpsgd", "none")
+"""The modes that train by SGD, hence have a batch size and a learning rate to choose."""
 
-def federation(settings: RunSettings) -> dict[str, Any]:
-    """Run one federation in process; the final global model's test metric and client times."""
+SELECTED: dict[tuple[str, str], tuple[int, float]] = {
+    # (dataset, mode): (batch_size, learning_rate), chosen by --select-on-validation
+    ("adult", "dpsgd"): (256, 32.0),
+    ("adult", "none"): (256, 32.0),
+    ("wage", "dpsgd"): (32, 0.5),
+    ("wage", "none"): (32, 0.5),
+}
+"""The defaults: best mean validation metric of the grid, DP-SGD at epsilon 1 (PLD, delta
+1e-5, max_grad_norm 1) and none, seeds 0-2, 10 clients, 5 rounds of 1 local epoch; rows in
+``bench/functional_tune_results.csv``. Adult's grid: batch 128/256/512 x lr 4-64; Wage's:
+batch 16/32/64 x lr 0.125-2 (powers of two)."""
+
+GRID: dict[str, tuple[list[int], list[float]]] = {
+    "adult": ([128, 256, 512], [4.0, 8.0, 16.0, 32.0, 64.0]),
+    "wage": ([16, 32, 64], [0.125, 0.25, 0.5, 1.0, 2.0]),
+}
+"""The default selection grid per dataset: (batch sizes, learning rates)."""
+
+
+@functools.lru_cache(maxsize=4)
+def client_data(
+    dspec: DatasetSpec, pspec: PartitionSpec, val_fraction: float
+) -> dict[int, ClientData]:
+    """Every client's data: the project's partitioner and train/validation split on the pool.
+
+    As :func:`tasks.data.load_client_data`, with the validation records taken out of the
+    training pool before it is partitioned (:func:`_functional_report.holdout`).
+    """
+    if pspec.server_holdout:
+        raise ValueError("this benchmark keeps no server data (aggregation.server_data_size 0)")
+    bundle, pool = load_dataset(dspec), holdout(dspec).pool
+    data = {}
+    for pid, idx in enumerate(partition_indices(bundle.y_train[pool], pspec)):
+        train, val = split_train_val(pool[idx], val_fraction, pspec.seed, pid)
+        data[pid] = ClientData(
+            bundle.x_train[train],
+            bundle.y_train[train],
+            bundle.x_train[val],
+            bundle.y_train[val],
+            bundle.input_shape,
+            bundle.num_classes,
+        )
+    return data
+
+
+def check_sizes(settings: RunSettings, sizes: list[int]) -> None:
+    """:func:`experiments.config.check_data`'s size checks, against the clients' actual sizes."""
+    smallest = min(sizes)
+    if settings.batch_size > smallest:
+        raise ValueError(f"batch_size {settings.batch_size} > smallest client's {smallest}")
+    mode = get_mode(settings.privacy_mode)
+    if mode.spends_delta and settings.privacy_delta >= 1.0 / smallest:
+        raise ValueError(f"delta {settings.privacy_delta:g} not below 1/{smallest}")
+    mode.check(settings, sizes)  # DP-SGD: the budget is certifiable for every client
+
+
+def federation(settings: RunSettings, score: str = "test") -> dict[str, Any]:
+    """Run one federation in process; the final global model's metric and client times.
+
+    ``score="test"`` scores it on the test records, ``"validation"`` on the validation
+    records (selection); no client holds either.
+    """
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     spec = ModelSpec(
@@ -70,8 +159,10 @@ def federation(settings: RunSettings) -> dict[str, Any]:
         settings.dataset_name,
     )
     model = build_model(spec, settings.seed)
-    clients = range(settings.num_clients)
-    data = {pid: load_client_data(dspec, pspec, pid, settings.val_fraction) for pid in clients}
+    data = client_data(dspec, pspec, settings.val_fraction)
+    check_sizes(settings, [len(d.y_train) for d in data.values()])
+    split = holdout(dspec)
+    x_eval, y_eval = (split.x_test, split.y_test) if score == "test" else (split.x_val, split.y_val)
     times: list[tuple[int, float, float]] = []  # (round, s around the mode call, out.seconds)
     outcomes: list[LocalResult] = []
 
@@ -83,7 +174,7 @@ def federation(settings: RunSettings) -> dict[str, Any]:
         settings, spec, data, make_strategy(settings), get_weights(model), observe=observe
     )
     set_weights(model, g)
-    loss, acc = evaluate(model, bundle.x_test, bundle.y_test, torch.device("cpu"))
+    loss, acc = evaluate(model, x_eval, y_eval, torch.device("cpu"))
     finite = [o.epsilon for o in outcomes if math.isfinite(o.epsilon)]
     return {
         "accuracy": acc,
@@ -96,14 +187,103 @@ def federation(settings: RunSettings) -> dict[str, Any]:
     }
 
 
-def run_one(settings: RunSettings) -> tuple[dict[str, Any], RunSettings]:
+def run_one(settings: RunSettings, score: str = "test") -> tuple[dict[str, Any], RunSettings]:
     """One federation, after the run's own up-front checks (DP-SGD: can it be certified?).
 
     The PLD accountant certifies every epsilon here (Opacus' RDP, the default before issue
     12, could not certify 0.1 at delta 1e-5, and those cells used PRV).
     """
     check_data(settings)
-    return federation(settings), settings
+    return federation(settings, score), settings
+
+
+def span(values: list[int]) -> str:
+    """'a-b', or 'a' when every value is a."""
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def select_on_validation(
+    args: argparse.Namespace, base: dict[str, RunSettings]
+) -> dict[tuple[str, str], tuple[int, float]]:
+    """The grid on the validation records; the best (batch size, lr) per dataset and mode.
+
+    DP-SGD runs at ``--grid-epsilon``; every cell is averaged over ``--grid-seeds``. The test
+    split is never read. Rows go to ``--grid-out``.
+    """
+    cells = [
+        (name, mode, b, lr)
+        for name in args.datasets
+        for mode in TRAINED
+        for b, lr in itertools.product(*args.grid[name])
+    ]
+    total = len(cells) * len(args.grid_seeds)
+    print(
+        f"selection on the validation records: {len(cells)} cells x seeds {args.grid_seeds}, "
+        f"DP-SGD at epsilon {args.grid_epsilon:g}; the test split is not read\n"
+    )
+    rows: list[dict[str, Any]] = []
+    start, i = time.perf_counter(), 0
+    for seed in args.grid_seeds:
+        for name, mode, b, lr in cells:
+            i += 1
+            settings = dataclasses.replace(
+                base[name],
+                seed=seed,
+                batch_size=b,
+                learning_rate=lr,
+                privacy_mode=mode,
+                privacy_target_epsilon=args.grid_epsilon
+                if mode == "dpsgd"
+                else RunSettings.privacy_target_epsilon,
+            ).validate()
+            t0 = time.perf_counter()
+            res, _ = run_one(settings, score="validation")
+            metric = DATASETS[name][1]
+            rows.append(
+                {
+                    "dataset": name,
+                    "mode": mode,
+                    "epsilon": args.grid_epsilon if mode == "dpsgd" else math.nan,
+                    "batch_size": b,
+                    "learning_rate": lr,
+                    "seed": seed,
+                    "metric": metric,
+                    "validation_value": res[metric],
+                    "validation_loss": res["test_loss"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            done = time.perf_counter() - start
+            print(
+                f"[{i}/{total}] seed {seed} {name} {mode} batch {b} lr {lr:g}: validation "
+                f"{metric} {fmt(metric, res[metric])} (~{done / i * (total - i) / 60:.1f} min "
+                "left)",
+                flush=True,
+            )
+            pd.DataFrame(rows).to_csv(args.grid_out, index=False)
+    table = pd.DataFrame(rows)
+    chosen: dict[tuple[str, str], tuple[int, float]] = {}
+    for name in args.datasets:
+        _, metric, higher = DATASETS[name]
+        for mode in TRAINED:
+            d = table[(table["dataset"] == name) & (table["mode"] == mode)]
+            mean = d.pivot_table(
+                index="learning_rate", columns="batch_size", values="validation_value"
+            )
+            best = mean.stack().idxmax() if higher else mean.stack().idxmin()
+            chosen[name, mode] = (int(best[1]), float(best[0]))
+            what = f"dpsgd, epsilon {args.grid_epsilon:g}" if mode == "dpsgd" else "none"
+            print(
+                f"\n{name} / {what}: mean validation {metric} over seeds {args.grid_seeds} "
+                f"(rows: learning rate, columns: batch size); chosen batch {best[1]}, "
+                f"lr {best[0]:g}"
+            )
+            print(mean.to_string(float_format=lambda v, m=metric: fmt(m, v)))
+    print(
+        f"\nselection rows in {args.grid_out}; {(time.perf_counter() - start) / 60:.1f} min\n",
+        flush=True,
+    )
+    return chosen
 
 
 def main() -> None:
@@ -114,10 +294,21 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--local-epochs", type=int, default=1)
-    ap.add_argument("--adult-batch-size", type=int, default=256)
-    ap.add_argument("--adult-lr", type=float, default=32.0)
-    ap.add_argument("--wage-batch-size", type=int, default=32)
-    ap.add_argument("--wage-lr", type=float, default=0.5)
+    for (name, mode), (b, lr) in SELECTED.items():
+        ap.add_argument(f"--{name}-{mode}-batch-size", type=int, default=b)
+        ap.add_argument(f"--{name}-{mode}-lr", type=float, default=lr, help="SGD's")
+    ap.add_argument(
+        "--select-on-validation", action="store_true",
+        help="first choose batch size and lr per dataset and mode on the validation records "
+        "(the grid below), then run the benchmark with the chosen values",
+    )  # fmt: skip
+    ap.add_argument("--select-only", action="store_true", help="stop after the selection")
+    for name, (batches, lrs) in GRID.items():
+        ap.add_argument(f"--{name}-grid-batch-sizes", type=int, nargs="+", default=batches)
+        ap.add_argument(f"--{name}-grid-lrs", type=float, nargs="+", default=lrs)
+    ap.add_argument("--grid-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--grid-epsilon", type=float, default=1.0, help="DP-SGD's, in the grid")
+    ap.add_argument("--grid-out", default="bench-functional-tune.csv")
     ap.add_argument("--delta", type=float, default=1e-5, help="DP-SGD's delta (both datasets)")
     ap.add_argument("--max-grad-norm", type=float, default=RunSettings.privacy_max_grad_norm)
     ap.add_argument("--accountant", default=RunSettings.privacy_accountant, help="DP-SGD's")
@@ -141,8 +332,16 @@ def main() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
     hyper = {
-        "adult": (args.adult_batch_size, args.adult_lr),
-        "wage": (args.wage_batch_size, args.wage_lr),
+        (name, mode): (
+            getattr(args, f"{name}_{mode}_batch_size"),
+            getattr(args, f"{name}_{mode}_lr"),
+        )
+        for name in args.datasets
+        for mode in TRAINED
+    }
+    args.grid = {
+        name: (getattr(args, f"{name}_grid_batch_sizes"), getattr(args, f"{name}_grid_lrs"))
+        for name in args.datasets
     }
     defaults = RunSettings()
     bound = defaults.privacy_functional_bound
@@ -153,8 +352,8 @@ def main() -> None:
             num_clients=args.clients,
             num_rounds=args.rounds,
             local_epochs=args.local_epochs,
-            batch_size=hyper[name][0],
-            learning_rate=hyper[name][1],
+            batch_size=hyper[name, "dpsgd"][0],  # the functional mechanism uses neither
+            learning_rate=hyper[name, "dpsgd"][1],
             partitioner="iid",
             privacy_delta=args.delta,
             privacy_max_grad_norm=args.max_grad_norm,
@@ -165,6 +364,18 @@ def main() -> None:
         )
         for name in args.datasets
     }
+    how = {
+        key: "chosen on the validation records (the defaults: --select-on-validation's "
+        "choice, rows in bench/functional_tune_results.csv)"
+        if value == SELECTED[key]
+        else "set on the command line, NOT chosen on the validation records"
+        for key, value in hyper.items()
+    }
+    if args.select_on_validation:
+        hyper = select_on_validation(args, base)
+        how = dict.fromkeys(hyper, "chosen on the validation records by this run's grid")
+        if args.select_only:
+            return
     # (dataset, mode, functional bound, epsilon, row kind)
     runs: list[tuple[str, str, str, float, str]] = []
     for name in args.datasets:
@@ -181,17 +392,32 @@ def main() -> None:
     print(
         f"fedpriv functional-mechanism benchmark: {args.clients} clients (iid partitioner), "
         f"{args.rounds} rounds x {args.local_epochs} local epoch, example-weighted FedAvg "
-        f"(fl_server.strategies 'fedavg'), fraction_evaluate 0, val_fraction 0.1; "
+        f"(fl_server.registry 'fedavg'), fraction_evaluate 0, val_fraction 0.1; "
         f"mean over seeds {args.seeds}"
     )
+    notes = {}
     for name in args.datasets:
         s = base[name]
-        check = check_data(dataclasses.replace(s, privacy_mode="dpsgd").validate())
+        sizes, tests = [], []
+        for seed in args.seeds:
+            dspec, pspec = specs_from_settings(dataclasses.replace(s, seed=seed))
+            sizes += [len(d.y_train) for d in client_data(dspec, pspec, s.val_fraction).values()]
+            tests.append(len(holdout(dspec).y_test))
+        n_val = len(holdout(specs_from_settings(s)[0]).y_val)
         print(
-            f"  {name}/{s.model_name}: {min(check.train_sizes)}-{max(check.train_sizes)} training "
-            f"examples per client, {check.test_size} test examples; batch_size {s.batch_size}, "
-            f"learning_rate {s.learning_rate:g} (SGD, same for dpsgd and none; tuned on a small "
-            "grid for DP-SGD at epsilon 0.5-1, on the test metric)"
+            f"  {name}/{s.model_name}: {span(sizes)} training examples per client, "
+            f"{span(tests)} test examples; {n_val} validation records "
+            f"({VALIDATION_NOTE[name]}, as bench/functional_features.py draws them), held by "
+            "no client and taken out of the test split"
+        )
+        for mode in TRAINED:
+            b, lr = hyper[name, mode]
+            print(f"    {mode}: batch_size {b}, learning_rate {lr:g} (SGD), {how[name, mode]}")
+        values = ", ".join(f"{m} {hyper[name, m][0]}/{hyper[name, m][1]:g}" for m in TRAINED)
+        hows = sorted({how[name, m] for m in TRAINED})
+        notes[name] = (
+            f"batch size/learning rate {values}: {'; '.join(hows)} (scored on {n_val} "
+            "validation records held by no client; the test split never read during selection)"
         )
     print(
         f"  functional: privacy.functional_bound={bound!r} (the settings' default), "
@@ -215,9 +441,12 @@ def main() -> None:
     for seed in args.seeds:
         for name, mode, fm_bound, eps, kind in runs:
             i += 1
+            b, lr = hyper.get((name, mode), (base[name].batch_size, base[name].learning_rate))
             settings = dataclasses.replace(
                 base[name],
                 seed=seed,
+                batch_size=b,
+                learning_rate=lr,
                 privacy_mode=mode,
                 privacy_target_epsilon=eps if mode != "none" else defaults.privacy_target_epsilon,
                 privacy_functional_bound=fm_bound or bound,
@@ -238,6 +467,8 @@ def main() -> None:
                     "row": kind,
                     "epsilon": eps,
                     "seed": seed,
+                    "batch_size": b if mode in TRAINED else math.nan,
+                    "learning_rate": lr if mode in TRAINED else math.nan,
                     "metric": metric,
                     "value": res[metric],
                     "test_loss": res["test_loss"],
@@ -265,7 +496,7 @@ def main() -> None:
             )
             pd.DataFrame(rows).to_csv(runs_path, index=False)
 
-    csv_rows, at1 = accuracy_tables(pd.DataFrame(rows), args)
+    csv_rows, at1 = accuracy_tables(pd.DataFrame(rows), args, notes)
     print_targets(at1)
     csv_rows += timing_rows(times, args)
     pd.DataFrame(csv_rows).to_csv(out, index=False)

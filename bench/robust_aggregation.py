@@ -8,7 +8,7 @@ honest clients alone) shows what is reachable once the unreliable clients' data 
 
 The rounds run in this process through the project's real code: the same client data path
 (partitioners, simulated corruption), the same local DP-SGD mode and ledger, real Flower reply
-messages, and the same strategies (``fl_server.strategies``) the ServerApp uses; only Flower's
+messages, and the same strategies (``fl_server.registry``) the ServerApp uses; only Flower's
 transport (SuperLink, SuperNodes) is left out, which changes no number here but makes a grid
 of dozens of federations fit on two cores. By default it uses an MNIST subset so that every
 client holds a few hundred examples.
@@ -36,7 +36,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from sklearn.metrics import roc_auc_score
 
 from fl_server.app import ServerUpdate
-from fl_server.strategies import make_strategy
+from fl_server.registry import make_strategy
 from protocol.settings import RunSettings
 from tasks.data import (
     DataBundle,

@@ -13,7 +13,7 @@ from privacy.accounting import check_accountant
 from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
-from tasks.models import MODELS, ModelSpec, build_model, model_info, models_with
+from tasks.models import MODELS, build_model, model_info, model_spec, models_with
 from tasks.participants import check_kind, unreliable_clients
 from tasks.training import select_device
 
@@ -99,15 +99,7 @@ def check_data(settings: RunSettings) -> DataCheck:
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     # the model's own checks: classes vs regression, declared bounds, shapes
-    model = build_model(
-        ModelSpec(
-            settings.model_name,
-            bundle.input_shape,
-            bundle.num_classes,
-            settings.model_hidden,
-            settings.dataset_name,
-        )
-    )
+    model = build_model(model_spec(settings, bundle.input_shape, bundle.num_classes))
     parts = client_partitions(dspec, pspec)
     sizes = []
     for pid, idx in enumerate(parts):

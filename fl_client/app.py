@@ -30,7 +30,7 @@ from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.data import ClientData, load_client_data, load_node_data, specs_from_settings, task_shape
-from tasks.models import ModelSpec, build_model, set_weights
+from tasks.models import build_model, model_spec, set_weights
 from tasks.participants import corrupt_data, corrupt_reply
 from tasks.training import (
     EvalResult,
@@ -130,14 +130,7 @@ def _client_data(context: Context, settings: RunSettings, pid: int, num: int) ->
 
 
 def _model(settings: RunSettings, data: ClientData, msg: Message) -> torch.nn.Module:
-    spec = ModelSpec(
-        settings.model_name,
-        data.input_shape,
-        data.num_classes,
-        settings.model_hidden,
-        settings.dataset_name,
-    )
-    model = build_model(spec, seed=settings.seed)
+    model = build_model(model_spec(settings, data.input_shape, data.num_classes), settings.seed)
     set_weights(model, from_record(msg.content.array_records[keys.ARRAYS]))
     return model
 

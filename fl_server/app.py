@@ -26,12 +26,13 @@ from protocol.checkpoint import (
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.data import DataBundle, load_dataset, server_indices, specs_from_settings
-from tasks.models import ModelSpec, build_model, get_weights, set_weights
+from tasks.models import ModelSpec, build_model, get_weights, model_spec, set_weights
 from tasks.training import evaluate, make_loader, select_device, train_epochs
 
+from .mixin import FedPrivMixin
 from .recorder import RunRecorder
-from .strategies import make_strategy
-from .strategy import FedPrivMixin, Weights
+from .registry import make_strategy
+from .replies import Weights
 
 app = ServerApp()
 INFO = 20
@@ -148,13 +149,7 @@ def resume_run(
 
 
 def _model_spec(settings: RunSettings, bundle: DataBundle) -> ModelSpec:
-    return ModelSpec(
-        settings.model_name,
-        bundle.input_shape,
-        bundle.num_classes,
-        settings.model_hidden,
-        settings.dataset_name,
-    )
+    return model_spec(settings, bundle.input_shape, bundle.num_classes)
 
 
 @app.main()

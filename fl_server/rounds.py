@@ -9,7 +9,7 @@ a run whose round ``k`` was checkpointed, and skips the round-0 evaluation that 
 ``timeout`` bounds each ``grid.send_and_receive``: Flower's grid pulls replies every 3 s until
 all have arrived or ``timeout`` seconds have passed, then returns what it has; a node that never
 answers therefore costs at most ``timeout`` (+3) seconds per round, and the strategy records it
-as failed (see :meth:`fl_server.strategy.FedPrivMixin.aggregate_train`).
+as failed (see :meth:`fl_server.mixin.FedPrivMixin.aggregate_train`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run_rounds(
 class Resumable:
     """:meth:`start` from any round, and the JSON state a resumed strategy needs.
 
-    Mixed into :class:`fl_server.strategy.FedPrivMixin`, which owns ``_rng`` (node sampling),
+    Mixed into :class:`fl_server.mixin.FedPrivMixin`, which owns ``_rng`` (node sampling),
     ``client_epsilon`` (each client's last reported epsilon) and, for weighted strategies,
     ``weighting`` (a :class:`reliability.ReliabilityWeighting` keeps reputations).
     """

@@ -65,7 +65,7 @@ class Checkpoint:
     clients : list of dict
         ``clients.csv``'s rows so far.
     strategy : dict
-        The strategy's JSON state (:meth:`fl_server.strategy.FedPrivMixin.strategy_state`).
+        The strategy's JSON state (:meth:`fl_server.mixin.FedPrivMixin.strategy_state`).
     run_config : dict
         The flat run config of the run that wrote it.
     wall_seconds : float

@@ -52,7 +52,7 @@ FUNCTIONAL_AGGREGATIONS = ("objective", "average")
 
 STRATEGIES = ("fedavg", "scorer", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 """Names the ServerApp's strategy registry serves (``aggregation.strategy``); a test keeps the
-registry in ``fl_server.strategies`` and this tuple equal, so configs are checked up front."""
+registry in ``fl_server.registry`` and this tuple equal, so configs are checked up front."""
 
 MIN_ROUND_TIMEOUT = 10.0
 """Seconds: Flower's grid polls for replies every 3 s and a SuperNode every 3 s, so a shorter

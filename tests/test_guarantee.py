@@ -153,7 +153,7 @@ def test_two_federations_with_the_same_seed_differ_unless_noise_is_reproducible(
     sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
     from _inprocess import run_rounds
 
-    from fl_server.strategies import make_strategy
+    from fl_server.registry import make_strategy
 
     def federation(settings: RunSettings) -> dict[str, np.ndarray]:
         data = {pid: _data(settings, pid, n=100) for pid in range(settings.num_clients)}

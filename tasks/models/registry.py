@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,22 @@ class ModelSpec:
     num_classes: int
     hidden: int = 64
     dataset: str = ""
+
+
+def model_spec(settings: Any, input_shape: tuple[int, ...], num_classes: int) -> ModelSpec:
+    """The run's :class:`ModelSpec` for data of this shape.
+
+    ``model.name``, ``model.hidden`` and ``dataset.name`` come from the settings (a
+    :class:`protocol.settings.RunSettings`): the one place where the server, the client and
+    the config checks build it.
+    """
+    return ModelSpec(
+        settings.model_name,
+        tuple(input_shape),
+        int(num_classes),
+        settings.model_hidden,
+        settings.dataset_name,
+    )
 
 
 Builder = Callable[[ModelSpec], nn.Module]

@@ -14,7 +14,7 @@ import pytest
 from fl_messages import SHAPE, declined, eval_reply, incoming, server_identity, trained
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fl_server.strategy import WeightedFedAvg
+from fl_server.weighted import WeightedFedAvg
 from protocol import keys
 from protocol.records import from_record, to_record
 from reliability import NumberRule, cap_counts, norm_outliers, parse_number

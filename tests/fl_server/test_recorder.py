@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fl_server.recorder import RunRecorder
-from fl_server.strategy import ClientOutcome, RoundLog
+from fl_server.replies import ClientOutcome, RoundLog
 
 
 def _outcome(server_round: int, node_id: int, status: str, **fields) -> ClientOutcome:

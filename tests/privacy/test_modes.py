@@ -18,8 +18,8 @@ import torch
 
 from experiments.config import check_data
 from fl_client.policy import NodePolicy, private_modes
-from fl_server.strategies import make_strategy
-from fl_server.strategy import WeightedFedAvg
+from fl_server.registry import make_strategy
+from fl_server.weighted import WeightedFedAvg
 from privacy import MODES, PrivacyMode, get_mode, is_private, register_mode
 from privacy.modes import RELEASES, unregister_mode
 from protocol.settings import RunSettings

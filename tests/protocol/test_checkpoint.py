@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from experiments.resume import resume_argv, resume_config
 from experiments.schema import FedPrivConf
 from fl_server.recorder import RunRecorder
+from fl_server.registry import make_strategy
 from fl_server.rounds import run_rounds
-from fl_server.strategies import make_strategy
-from fl_server.strategy import WeightedFedAvg
+from fl_server.weighted import WeightedFedAvg
 from protocol import atomic as atomic_mod
 from protocol.checkpoint import (
     Checkpoint,

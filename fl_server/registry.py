@@ -26,8 +26,10 @@ from protocol import keys
 from protocol.settings import RunSettings
 from reliability import ReliabilityWeighting, make_scorer
 
-from .functional_strategy import ObjectiveFedAvg, noise_scale_of
-from .strategy import FedPrivMixin, WeightedFedAvg, Weights, weight_by_examples
+from .mixin import FedPrivMixin
+from .objective import ObjectiveFedAvg, noise_scale_of
+from .replies import Weights
+from .weighted import WeightedFedAvg, weight_by_examples
 
 ServerUpdate = Callable[[int, Weights], Weights | None]
 Factory = Callable[[RunSettings, ServerUpdate | None], Strategy]

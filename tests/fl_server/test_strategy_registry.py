@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from fl_messages import SHAPE, server_identity, trained
 
-import fl_server.strategies as strategies
+import fl_server.registry as strategies
 import protocol.settings
 from experiments.config import check_data
-from fl_server.strategies import STRATEGIES, make_strategy
-from fl_server.strategy import FedPrivMixin, WeightedFedAvg
+from fl_server.mixin import FedPrivMixin
+from fl_server.registry import STRATEGIES, make_strategy
+from fl_server.weighted import WeightedFedAvg
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 

@@ -31,7 +31,8 @@ from reliability import validate_update
 from tasks.models import model_info
 from tasks.models.functional import FUNCTIONAL_HEAD
 
-from .strategy import ClientOutcome, WeightedFedAvg, Weights
+from .replies import ClientOutcome, Weights
+from .weighted import WeightedFedAvg
 
 NoiseScale = Callable[[int, int], float]
 """``(dim, outputs) -> b``: the Laplace scale every client used (public, from the settings)."""

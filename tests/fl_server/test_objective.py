@@ -10,9 +10,9 @@ import pytest
 from fl_messages import server_identity, trained
 from flwr.app import Message
 
-from fl_server.functional_strategy import ObjectiveFedAvg, noise_scale_of
-from fl_server.strategies import make_strategy
-from fl_server.strategy import WeightedFedAvg
+from fl_server.objective import ObjectiveFedAvg, noise_scale_of
+from fl_server.registry import make_strategy
+from fl_server.weighted import WeightedFedAvg
 from privacy.functional import (
     FunctionalMechanism,
     make_noise_generator,

@@ -1,4 +1,4 @@
-"""Strategies: seeded sampling, reply validation, failure accounting, pluggable weights.
+"""The strategy mixin: seeded sampling, reply validation, failure accounting, resumable state.
 
 :class:`FedPrivMixin` goes in front of any Flower message-API strategy (``FedAvg``,
 ``FedMedian``, ``Krum``, ...) and changes what every one of them does with replies:
@@ -15,10 +15,6 @@
   records why (``kept_reason``);
 * the state a resumed run needs (sampling RNG, reputations, clients' last epsilon) is
   :meth:`FedPrivMixin.strategy_state`, and :meth:`FedPrivMixin.start` can begin at any round.
-
-:class:`WeightedFedAvg` aggregates in update space, ``g_new = g + sum_i a_i u_i``, with the
-weights ``a_i`` and updates ``u_i`` from a pluggable :data:`Weighting` (example counts by
-default, as FedAvg; a :class:`reliability.ReliabilityWeighting` scorer plugs in unchanged).
 """
 
 from __future__ import annotations
@@ -26,17 +22,15 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from protocol import keys
 from protocol.records import from_record, to_record
-from reliability import RoundInput, cap_counts, norm_outliers, parse_numbers, update_norm
+from reliability import cap_counts, norm_outliers, parse_numbers, update_norm
 
 from .replies import (
     COUNT_CAP_FACTOR,
@@ -50,28 +44,6 @@ from .replies import (
     train_metrics,
 )
 from .rounds import Resumable
-
-__all__ = [
-    "ClientOutcome",
-    "FedPrivMixin",
-    "NoClientSucceededError",
-    "RoundLog",
-    "WeightedFedAvg",
-    "Weighting",
-    "Weights",
-    "parse_reply",
-    "train_metrics",
-    "weight_by_examples",
-]
-
-Weighting = Callable[[RoundInput], tuple[np.ndarray, tuple[Weights, ...], dict[str, np.ndarray]]]
-"""``RoundInput -> (weights summing to 1 or all 0, updates to aggregate, per-client details)``."""
-
-
-def weight_by_examples(r: RoundInput) -> tuple[np.ndarray, tuple[Weights, ...], dict]:
-    """FedAvg's weights: each client's share of the training examples."""
-    n = np.asarray(r.num_examples, dtype=np.float64)
-    return (n / n.sum() if n.sum() > 0 else n), r.updates, {}
 
 
 class FedPrivMixin(Resumable):
@@ -402,78 +374,3 @@ class FedPrivMixin(Resumable):
                 setattr(log, names[key], total / count)
                 out[key] = total / count
         return MetricRecord(out)
-
-
-class WeightedFedAvg(FedPrivMixin, FedAvg):
-    """FedAvg in update space with weights from a pluggable :data:`Weighting`."""
-
-    def __init__(
-        self,
-        *,
-        fraction_train: float,
-        fraction_evaluate: float,
-        min_available_nodes: int,
-        seed: int,
-        weighting: Weighting = weight_by_examples,
-        server_update: Callable[[int, Weights], Weights | None] | None = None,
-        node_wait_timeout: float = 600.0,
-        min_replies: int = 1,
-        **_: Any,
-    ) -> None:
-        FedAvg.__init__(
-            self,
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=1,
-            min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=keys.NUM_EXAMPLES,
-            arrayrecord_key=keys.ARRAYS,
-            configrecord_key=keys.CONFIG,
-        )
-        self.setup_fedpriv(seed, node_wait_timeout, min_replies)
-        self.weighting = weighting
-        self.server_update = server_update
-
-    def aggregate_usable(
-        self,
-        server_round: int,
-        usable: list[tuple[ClientOutcome, Weights, Message]],
-        reference: Weights,
-    ) -> ArrayRecord | None:
-        """``g + sum_i a_i u_i`` with ``(a, u)`` from the weighting; None if every a_i is 0."""
-        outcomes = [o for o, _, _ in usable]
-        deltas = tuple({k: w[k] - reference[k] for k in reference} for _, w, _ in usable)
-        server_delta = self.server_update(server_round, reference) if self.server_update else None
-        r = RoundInput(
-            round=server_round,
-            client_ids=tuple(o.partition_id for o in outcomes),
-            updates=deltas,
-            num_examples=tuple(o.num_examples for o in outcomes),
-            server_update=server_delta,
-        )
-        weights, updates, details = self.weighting(r)
-        weights = np.asarray(weights, dtype=np.float64)
-        if (
-            weights.shape != (len(outcomes),)
-            or not np.all(np.isfinite(weights))
-            or np.any(weights < 0)
-        ):
-            raise ValueError(f"weighting returned invalid weights {weights.tolist()}")
-        for i, o in enumerate(outcomes):
-            o.weight = float(weights[i])
-            o.score = float(details["score"][i]) if "score" in details else math.nan
-            o.reputation = float(details["reputation"][i]) if "reputation" in details else math.nan
-        if weights.sum() <= 0:
-            self.rounds.setdefault(
-                server_round, RoundLog()
-            ).kept_reason = "every aggregation weight was 0"
-            return None
-        return to_record(
-            {
-                k: (
-                    ref + np.sum([a * u[k] for a, u in zip(weights, updates, strict=True)], axis=0)
-                ).astype(ref.dtype, copy=False)
-                for k, ref in reference.items()
-            }
-        )

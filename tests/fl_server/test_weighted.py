@@ -17,14 +17,8 @@ from fl_messages import (
 )
 from flwr.app import ConfigRecord, MessageType
 
-from fl_server.strategy import (
-    ClientOutcome,
-    NoClientSucceededError,
-    RoundLog,
-    WeightedFedAvg,
-    train_metrics,
-    weight_by_examples,
-)
+from fl_server.replies import ClientOutcome, NoClientSucceededError, RoundLog, train_metrics
+from fl_server.weighted import WeightedFedAvg, weight_by_examples
 from protocol import keys
 from protocol.records import from_record, to_record
 from reliability import RoundInput
