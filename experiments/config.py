@@ -14,7 +14,7 @@ from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
 from tasks.models import MODELS, build_model, model_info, model_spec, models_with
-from tasks.participants import check_kind, unreliable_clients
+from tasks.participants import ParticipantsConfig, check_kind, unreliable_clients
 from tasks.training import select_device
 
 _NOT_IN_CFG = {"output_dir"}
@@ -95,7 +95,7 @@ def check_data(settings: RunSettings) -> DataCheck:
             f"aggregation.server_data_size > 0, got {settings.aggregation_server_data_size}"
         )
     check_kind(settings.participants_kind)
-    unreliable_clients(settings)
+    unreliable_clients(ParticipantsConfig.from_settings(settings))
     dspec, pspec = specs_from_settings(settings)
     bundle = load_dataset(dspec)
     # the model's own checks: classes vs regression, declared bounds, shapes

@@ -34,7 +34,7 @@ from protocol.atomic import write_atomically
 from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
 from tasks.models import is_regression
-from tasks.participants import unreliable_clients
+from tasks.participants import ParticipantsConfig, unreliable_clients
 
 log = logging.getLogger("fedpriv")
 register_schema()
@@ -97,7 +97,7 @@ def run_federation(
     """
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    unreliable = set(unreliable_clients(settings))
+    unreliable = set(unreliable_clients(ParticipantsConfig.from_settings(settings)))
     participants = pd.DataFrame(  # ground truth of the simulated unreliable participants
         {
             "partition_id": range(settings.num_clients),

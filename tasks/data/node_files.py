@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protocol.settings import RunSettings
-from tasks.data.partition import ClientData, specs_from_settings, split_train_val
-from tasks.data.registry import load_dataset
+from tasks.data.partition import ClientData, split_train_val
+from tasks.data.registry import DatasetSpec, load_dataset
 
 LABEL_COLUMN = "label"
 FORMATS = (".csv", ".parquet", ".npz")
@@ -47,9 +46,15 @@ class TaskShape:
         return int(np.prod(self.input_shape))
 
 
-def task_shape(settings: RunSettings) -> TaskShape:
-    """The task of the run's ``dataset.name`` (read from its public loader, cached per process)."""
-    bundle = load_dataset(specs_from_settings(settings)[0])
+def task_shape(dataset: DatasetSpec) -> TaskShape:
+    """The task of the run's dataset (read from its public loader, cached per process).
+
+    Parameters
+    ----------
+    dataset : DatasetSpec
+        The run's ``dataset.*`` settings (:func:`tasks.data.partition.specs_from_settings`).
+    """
+    bundle = load_dataset(dataset)
     return TaskShape(tuple(bundle.input_shape), int(bundle.num_classes))
 
 

@@ -31,6 +31,11 @@ class DataBundle:
         Shape of one example, channels first, e.g. ``(1, 28, 28)``.
     num_classes
         Number of labels; labels are ``0 .. num_classes - 1``.
+    x_public, y_public
+        Records the dataset declares public and that no client holds: for MNIST the official
+        10,000 validation images. Benchmarks choose hyperparameters on them (never on the test
+        split or on records a client holds); a public feature extractor may train on them.
+        ``None`` when the dataset declares none.
     """
 
     name: str
@@ -40,6 +45,8 @@ class DataBundle:
     y_test: np.ndarray
     input_shape: tuple[int, ...]
     num_classes: int
+    x_public: np.ndarray | None = None
+    y_public: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from tasks.participants.unreliable import (
     DATA_KINDS,
     REPLY_KINDS,
+    ParticipantsConfig,
     check_kind,
     corrupt_data,
     corrupt_reply,
@@ -12,6 +13,7 @@ from tasks.participants.unreliable import (
 __all__ = [
     "DATA_KINDS",
     "REPLY_KINDS",
+    "ParticipantsConfig",
     "check_kind",
     "corrupt_data",
     "corrupt_reply",

@@ -5,15 +5,17 @@
 mode's trainer has its own module, named by its :class:`privacy.PrivacyMode`:
 :mod:`tasks.training.plain` (``none``), :mod:`tasks.training.dpsgd`,
 :mod:`tasks.training.functional`. :mod:`tasks.training.evaluation` releases a client's
-validation accuracy under DP.
+validation accuracy under DP. Trainers read a :class:`TrainConfig` and the evaluation an
+:class:`EvalConfig`, each converted once from the run's settings by its ``from_settings``.
 """
 
-from tasks.training.evaluation import EvalResult, evaluate_private
+from tasks.training.evaluation import EvalConfig, EvalResult, evaluate_private
 from tasks.training.local import (
     LedgerStore,
     LocalResult,
     LocalTask,
     MemoryLedgerStore,
+    TrainConfig,
     noise_secret,
     train_local,
     trainer_for,
@@ -27,11 +29,13 @@ from tasks.training.loops import (
 )
 
 __all__ = [
+    "EvalConfig",
     "EvalResult",
     "LedgerStore",
     "LocalResult",
     "LocalTask",
     "MemoryLedgerStore",
+    "TrainConfig",
     "TrainStats",
     "evaluate",
     "evaluate_private",

@@ -25,19 +25,22 @@ def plan_file(state_dir: Path, partition_id: int) -> Path:
 def plan_key(task: LocalTask) -> str:
     """What identifies a plan: the run and every setting its calibration reads but rounds.
 
-    The run is its output directory (the same on resume); ``federation.rounds`` is left out
-    so that a resumed run with more rounds finds the plan its released rounds used.
+    The run is its output directory (``output_dir``, :attr:`TrainConfig.run_id
+    <tasks.training.local.TrainConfig.run_id>`: the same on resume); ``federation.rounds`` is
+    left out so that a resumed run with more rounds finds the plan its released rounds used.
+    The fields, their order and their values as given are those of the stored plan files:
+    changing any orphans every stored plan (``tests/tasks/training/test_local.py`` pins keys).
     """
-    s = task.settings
+    c = task.config
     fields = [
-        s.output_dir,
-        s.privacy_target_epsilon,
-        s.training_epsilon,
-        s.privacy_delta,
+        c.run_id,
+        c.target_epsilon,
+        c.training_epsilon,
+        c.delta,
         len(task.data.y_train),
-        s.batch_size,
-        s.local_epochs,
-        s.privacy_accountant,
+        c.batch_size,
+        c.local_epochs,
+        c.accountant,
     ]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
@@ -56,15 +59,15 @@ def dpsgd_plan(task: LocalTask) -> DpSgdPlan:
     if path is not None and path.exists():
         plans.update(json.loads(path.read_text(encoding="utf-8")))
     if key not in plans:
-        s = task.settings
+        c = task.config
         plan = plan_dpsgd(
-            target_epsilon=s.training_epsilon,
-            delta=s.privacy_delta,
+            target_epsilon=c.training_epsilon,
+            delta=c.delta,
             n_train=len(task.data.y_train),
-            batch_size=s.batch_size,
-            local_epochs=s.local_epochs,
-            rounds=s.num_rounds,
-            accountant=s.privacy_accountant,
+            batch_size=c.batch_size,
+            local_epochs=c.local_epochs,
+            rounds=c.rounds,
+            accountant=c.accountant,
         )
         plans[key] = dataclasses.asdict(plan)
         if path is not None:
@@ -86,7 +89,7 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
     (so a round trained twice, e.g. after ``resume=``, gets fresh noise and a second ledger
     event), unless ``privacy.reproducible_noise`` (no guarantee).
     """
-    s = task.settings
+    c = task.config
     plan = dpsgd_plan(task)
     ledger = task.ledger.load()
     n = len(task.data.y_train)
@@ -101,23 +104,23 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
         )
     secure = noise_secret(task)
     gen = make_generator(None if secure else task.seed, secure=secure)
-    loader = make_loader(task.data.x_train, task.data.y_train, s.batch_size, gen)
+    loader = make_loader(task.data.x_train, task.data.y_train, c.batch_size, gen)
     private = make_private(
         model=task.model,
         optimizer=sgd(task),
         data_loader=loader,
         plan=plan,
-        max_grad_norm=s.privacy_max_grad_norm,
+        max_grad_norm=c.max_grad_norm,
         generator=gen,
         secure=secure,
-        grad_sample_mode=s.privacy_grad_sample_mode,
+        grad_sample_mode=c.grad_sample_mode,
     )
     start = time.perf_counter()
     train_epochs(
         private.module,
         private.data_loader,
         private.optimizer,
-        s.local_epochs,
+        c.local_epochs,
         task.device,
         empty_step=private.empty_step,
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,12 +33,44 @@ from torch import nn
 
 from privacy import PureDpEvent, is_private
 from privacy.laplace import IntegerSource, SnappedLaplace, discrete_laplace
-from protocol.settings import RunSettings
 from tasks.training.local import LedgerStore
 from tasks.training.loops import evaluate
 
+if TYPE_CHECKING:  # the adapter's type only: nothing here reads the flat run config
+    from protocol.settings import RunSettings
+
 EVAL_SQUARED_ERROR_CLIP = 1.0
 """Per-record clip of the squared error in a regression's released sum (its sensitivity)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What a federated evaluation reads of a run, as explicit parameters.
+
+    Built by :meth:`from_settings`, the one conversion from the run's settings.
+
+    Attributes
+    ----------
+    mode : str
+        ``privacy.mode``: raw metrics under a mode that is not private, a noisy one otherwise.
+    eval_epsilon : float
+        ``privacy.eval_epsilon``: the epsilon of one evaluation's release (0: off under DP).
+    target_epsilon : float
+        ``privacy.target_epsilon``: the ledger's cap when the node sets none.
+    """
+
+    mode: str
+    eval_epsilon: float
+    target_epsilon: float
+
+    @classmethod
+    def from_settings(cls, settings: RunSettings) -> EvalConfig:
+        """The evaluation parameters of a run's settings."""
+        return cls(
+            mode=settings.privacy_mode,
+            eval_epsilon=settings.privacy_eval_epsilon,
+            target_epsilon=settings.privacy_target_epsilon,
+        )
 
 
 @dataclass
@@ -55,7 +88,7 @@ class EvalResult:
 
 
 def evaluate_private(
-    settings: RunSettings,
+    config: EvalConfig,
     model: nn.Module,
     x_val: np.ndarray,
     y_val: np.ndarray,
@@ -69,8 +102,9 @@ def evaluate_private(
 
     Parameters
     ----------
-    settings
-        The run's settings (privacy mode, ``privacy.eval_epsilon``, the budget).
+    config
+        The run's evaluation parameters (privacy mode, ``privacy.eval_epsilon``, the
+        target): :meth:`EvalConfig.from_settings`.
     model, device
         The received global model, on ``device``.
     x_val, y_val
@@ -87,11 +121,11 @@ def evaluate_private(
 
     """
     n = len(y_val)
-    cap = settings.privacy_target_epsilon if budget is None else budget
-    if not is_private(settings.privacy_mode):
+    cap = config.target_epsilon if budget is None else budget
+    if not is_private(config.mode):
         loss, acc = evaluate(model, x_val, y_val, device) if n else (math.nan, math.nan)
         return EvalResult(n, loss=loss, accuracy=acc, epsilon=math.inf)
-    eps = settings.privacy_eval_epsilon
+    eps = config.eval_epsilon
     book = ledger.load()
     if eps <= 0:
         return EvalResult(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privacy import PureDpEvent, derive_seed, get_mode
+from privacy import PureDpEvent, derive_seed
 from privacy.functional import (
     FunctionalMechanism,
     QuadraticObjective,
@@ -29,21 +29,22 @@ from privacy.functional import (
     stabilise,
 )
 from protocol.atomic import write_atomically
-from protocol.settings import RunSettings
 from tasks.models.functional import FunctionalModel
 from tasks.models.registry import get_weights, models_with
-from tasks.training.local import LocalResult, LocalTask
+from tasks.training.local import LocalResult, LocalTask, TrainConfig
 
 FUNCTIONAL_KEY = "functional"
 """Key of the noisy objectives in :attr:`LocalTask.state` (and name of the file on disk)."""
 FUNCTIONAL_VERSION = 1
 
 
-def functional_mechanism(settings: RunSettings, kind: str, outputs: int) -> FunctionalMechanism:
-    """The mechanism of one head row: one-vs-rest heads share ``privacy.target_epsilon``."""
-    return head_mechanism(
-        settings.training_epsilon, kind, settings.privacy_functional_bound, outputs
-    )
+def functional_mechanism(config: TrainConfig, kind: str, outputs: int) -> FunctionalMechanism:
+    """The mechanism of one head row: one-vs-rest heads share the training epsilon.
+
+    ``config`` gives the epsilon (:attr:`TrainConfig.training_epsilon`) and the sensitivity
+    bound (``privacy.functional_bound``).
+    """
+    return head_mechanism(config.training_epsilon, kind, config.functional_bound, outputs)
 
 
 def functional_model(task_model: nn.Module, model_name: str) -> FunctionalModel:
@@ -111,18 +112,18 @@ def train_functional(task: LocalTask) -> LocalResult:
     If the stored objectives are lost (node state and disk), a new draw is a new release: it
     is recorded as a second event, and declined when that would exceed the budget.
     """
-    s = task.settings
-    model = functional_model(task.model, s.model_name)
+    c = task.config
+    model = functional_model(task.model, c.model_name)
     n = len(task.data.y_train)
     outputs = model.head.out_features
     dim = model.head.in_features
-    mech = functional_mechanism(s, model.objective_kind, outputs)
+    mech = functional_mechanism(c, model.objective_kind, outputs)
     expected = {
         "version": FUNCTIONAL_VERSION,
-        "model": s.model_name,
+        "model": c.model_name,
         "kind": mech.kind,
         "bound": mech.bound,
-        "epsilon": float(s.training_epsilon),
+        "epsilon": float(c.training_epsilon),
         "dim": dim,
         "outputs": outputs,
         "num_examples": n,
@@ -132,7 +133,7 @@ def train_functional(task: LocalTask) -> LocalResult:
     if release is None:
         ledger = task.ledger.load()
         event = PureDpEvent(
-            epsilon=float(s.training_epsilon), round=task.server_round, mechanism="functional"
+            epsilon=float(c.training_epsilon), round=task.server_round, mechanism="functional"
         )
         if ledger.epsilon_if(event) > task.epsilon_budget * (1 + 1e-9):
             return LocalResult(
@@ -148,7 +149,7 @@ def train_functional(task: LocalTask) -> LocalResult:
         targets = model.fm_targets(task.data.y_train)
         # Secret by default: OS entropy (CSPRNG), never the run seed; see make_noise_generator.
         generator = make_noise_generator(
-            derive_seed(s.seed, task.partition_id, 0xF0C7), secure=not s.privacy_reproducible_noise
+            derive_seed(c.run_seed, task.partition_id, 0xF0C7), secure=not c.reproducible_noise
         )
         noisy = [mech.perturb(mech.objective(feats, t), generator) for t in targets]
         ledger.record(event)
@@ -170,11 +171,11 @@ def train_functional(task: LocalTask) -> LocalResult:
     start_weights = model.head.weight.detach().cpu().double().numpy()
     rows = []
     for k, objective in enumerate(objectives):
-        if s.privacy_functional_steps == 0:
+        if c.functional_steps == 0:
             rows.append(minimise(objective, ridge=ridge))
         else:
             stable = stabilise(objective, ridge=ridge)
-            rows.append(gradient_steps(stable, start_weights[k], steps=s.privacy_functional_steps))
+            rows.append(gradient_steps(stable, start_weights[k], steps=c.functional_steps))
     head = np.stack(rows)
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(head, dtype=model.head.weight.dtype))
@@ -183,11 +184,7 @@ def train_functional(task: LocalTask) -> LocalResult:
     loss = sum(o.value(w) for o, w in zip(objectives, rows, strict=True)) / max(n, 1)
     seconds = time.perf_counter() - start
     # The released objectives are the epsilon-DP output itself: sending them is no new spend.
-    release = (
-        objectives_to_arrays(objectives)
-        if get_mode(s.privacy_mode).release(s) == "objective"
-        else None
-    )
+    release = objectives_to_arrays(objectives) if c.release == "objective" else None
     return LocalResult(
         get_weights(model),
         n,

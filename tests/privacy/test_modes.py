@@ -25,7 +25,14 @@ from privacy.modes import RELEASES, unregister_mode
 from protocol.settings import RunSettings
 from tasks.data import load_client_data, specs_from_settings
 from tasks.models import ModelSpec, build_model, get_weights, models_with
-from tasks.training import LocalResult, LocalTask, MemoryLedgerStore, train_local, trainer_for
+from tasks.training import (
+    LocalResult,
+    LocalTask,
+    MemoryLedgerStore,
+    TrainConfig,
+    train_local,
+    trainer_for,
+)
 
 
 def settings_for(mode: PrivacyMode) -> RunSettings:
@@ -50,7 +57,9 @@ def task_for(settings: RunSettings, store: MemoryLedgerStore) -> LocalTask:
     spec = ModelSpec(
         settings.model_name, data.input_shape, data.num_classes, 8, settings.dataset_name
     )
-    return LocalTask(settings, data, build_model(spec, 0), torch.device("cpu"), 1, 7, store, {}, 0)
+    model = build_model(spec, 0)
+    config = TrainConfig.from_settings(settings)
+    return LocalTask(config, data, model, torch.device("cpu"), 1, 7, store, {}, 0)
 
 
 @pytest.mark.parametrize("name", sorted(MODES))

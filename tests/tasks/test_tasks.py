@@ -58,9 +58,11 @@ def test_unknown_dataset_names_the_key() -> None:
 
 def test_mnist_bundle() -> None:
     b = load_dataset(DatasetSpec("mnist"))
-    assert b.x_train.shape == (60000, 1, 28, 28)
+    assert b.x_train.shape == (50000, 1, 28, 28)
+    assert b.x_public is not None and b.y_public is not None
+    assert b.x_public.shape == (10000, 1, 28, 28) and b.y_public.shape == (10000,)
     assert b.x_test.shape == (10000, 1, 28, 28)
-    assert b.y_train.shape == (60000,) and b.y_test.shape == (10000,)
+    assert b.y_train.shape == (50000,) and b.y_test.shape == (10000,)
     assert b.input_shape == (1, 28, 28)
     assert b.num_classes == 10
     assert b.x_train.dtype == np.float32

@@ -12,6 +12,7 @@ from tasks.data import ClientData, load_client_data, specs_from_settings
 from tasks.participants import (
     DATA_KINDS,
     REPLY_KINDS,
+    ParticipantsConfig,
     check_kind,
     corrupt_data,
     corrupt_reply,
@@ -19,6 +20,11 @@ from tasks.participants import (
 )
 
 NUM_CLIENTS = 4
+
+
+def _p(settings: RunSettings) -> ParticipantsConfig:
+    """The participants' parameters, converted as the ClientApp converts them."""
+    return ParticipantsConfig.from_settings(settings)
 
 
 def _settings(kind: str = "label_flip", fraction: float = 0.5, **kwargs) -> RunSettings:
@@ -40,11 +46,11 @@ def clients() -> list[ClientData]:
 
 def _corrupted(clients: list[ClientData], settings: RunSettings) -> dict[int, ClientData]:
     """The corrupted data of every unreliable client; checks the reliable ones are untouched."""
-    bad = unreliable_clients(settings)
+    bad = unreliable_clients(_p(settings))
     assert len(bad) == 2
     out = {}
     for pid, data in enumerate(clients):
-        got = corrupt_data(data, settings, pid)
+        got = corrupt_data(data, _p(settings), pid)
         if pid in bad:
             out[pid] = got
             # validation data is never corrupted (it measures the client honestly)
@@ -61,8 +67,8 @@ def _corrupted(clients: list[ClientData], settings: RunSettings) -> dict[int, Cl
 def test_unreliable_clients_are_deterministic_and_sized() -> None:
     for n, fraction in [(10, 0.3), (10, 0.25), (7, 0.5), (20, 0.1), (3, 1 / 3)]:
         settings = RunSettings(num_clients=n, participants_unreliable_fraction=fraction, seed=3)
-        chosen = unreliable_clients(settings)
-        assert chosen == unreliable_clients(settings)
+        chosen = unreliable_clients(_p(settings))
+        assert chosen == unreliable_clients(_p(settings))
         assert len(chosen) == round(fraction * n)
         assert chosen == sorted(set(chosen))
         assert all(0 <= c < n for c in chosen)
@@ -72,7 +78,7 @@ def test_unreliable_clients_depend_on_seed() -> None:
     sets = {
         tuple(
             unreliable_clients(
-                RunSettings(num_clients=10, participants_unreliable_fraction=0.3, seed=s)
+                _p(RunSettings(num_clients=10, participants_unreliable_fraction=0.3, seed=s))
             )
         )
         for s in range(10)
@@ -81,9 +87,9 @@ def test_unreliable_clients_depend_on_seed() -> None:
 
 
 def test_fraction_zero_and_one() -> None:
-    assert unreliable_clients(RunSettings(num_clients=6)) == []
+    assert unreliable_clients(_p(RunSettings(num_clients=6))) == []
     everyone = RunSettings(num_clients=6, participants_unreliable_fraction=1.0)
-    assert unreliable_clients(everyone) == list(range(6))
+    assert unreliable_clients(_p(everyone)) == list(range(6))
 
 
 def test_fraction_above_one_is_rejected() -> None:
@@ -91,7 +97,7 @@ def test_fraction_above_one_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"participants\.unreliable_fraction"):
         settings.validate()
     with pytest.raises(ValueError, match=r"participants\.unreliable_fraction"):
-        unreliable_clients(settings)
+        unreliable_clients(_p(settings))
 
 
 def test_unknown_kind_is_rejected() -> None:
@@ -108,7 +114,7 @@ def test_unknown_kind_fails_when_corrupting_data(clients: list[ClientData]) -> N
         num_clients=NUM_CLIENTS, participants_unreliable_fraction=1.0, participants_kind="nope"
     )
     with pytest.raises(ValueError, match=r"participants\.kind"):
-        corrupt_data(clients[0], settings, 0)
+        corrupt_data(clients[0], _p(settings), 0)
 
 
 # ---------------------------------------------------------------------- data kinds
@@ -176,7 +182,7 @@ def test_out_of_distribution(clients: list[ClientData]) -> None:
 def test_reply_kinds_leave_data_alone(clients: list[ClientData]) -> None:
     for kind in REPLY_KINDS:
         settings = _settings(kind, fraction=1.0)
-        assert corrupt_data(clients[0], settings, 0) is clients[0]
+        assert corrupt_data(clients[0], _p(settings), 0) is clients[0]
 
 
 # ---------------------------------------------------------------------- reply kinds
@@ -190,23 +196,23 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
 
 def test_free_rider_stale_returns_the_global_weights() -> None:
     settings = _settings("free_rider_stale")
-    bad = unreliable_clients(settings)
+    bad = unreliable_clients(_p(settings))
     global_w, trained = _weights(0), _weights(1)
     for pid in range(NUM_CLIENTS):
-        got = corrupt_reply(trained, global_w, settings, pid)
+        got = corrupt_reply(trained, global_w, _p(settings), pid)
         expected = global_w if pid in bad else trained
         assert set(got) == set(expected)
         for k in expected:
             np.testing.assert_array_equal(got[k], expected[k])
-    got = corrupt_reply(trained, global_w, settings, bad[0])
+    got = corrupt_reply(trained, global_w, _p(settings), bad[0])
     assert all(got[k] is not global_w[k] for k in got)  # a copy, not the server's arrays
 
 
 def test_free_rider_random_returns_finite_weights_of_the_right_shapes() -> None:
     settings = _settings("free_rider_random")
-    bad = unreliable_clients(settings)
+    bad = unreliable_clients(_p(settings))
     global_w, trained = _weights(0), _weights(1)
-    got = corrupt_reply(trained, global_w, settings, bad[0])
+    got = corrupt_reply(trained, global_w, _p(settings), bad[0])
     assert set(got) == set(trained)
     for k, v in trained.items():
         assert got[k].shape == v.shape and got[k].dtype == v.dtype
@@ -214,13 +220,13 @@ def test_free_rider_random_returns_finite_weights_of_the_right_shapes() -> None:
         assert not np.allclose(got[k], v)
         assert not np.allclose(got[k], global_w[k])
     # deterministic per client
-    again = corrupt_reply(trained, global_w, settings, bad[0])
+    again = corrupt_reply(trained, global_w, _p(settings), bad[0])
     assert all(np.array_equal(got[k], again[k]) for k in got)
     reliable = next(p for p in range(NUM_CLIENTS) if p not in bad)
-    assert corrupt_reply(trained, global_w, settings, reliable) is trained
+    assert corrupt_reply(trained, global_w, _p(settings), reliable) is trained
 
 
 def test_data_kinds_leave_replies_alone() -> None:
     trained, global_w = _weights(1), _weights(0)
     for kind in DATA_KINDS:
-        assert corrupt_reply(trained, global_w, _settings(kind, fraction=1.0), 0) is trained
+        assert corrupt_reply(trained, global_w, _p(_settings(kind, fraction=1.0)), 0) is trained

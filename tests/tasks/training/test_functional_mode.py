@@ -22,7 +22,7 @@ from tasks.data import ClientData, load_client_data, specs_from_settings
 from tasks.data.tabular import ADULT_BOUNDS
 from tasks.models import ModelSpec, build_model, get_weights
 from tasks.models.functional import FunctionalModel, PublicNormalise
-from tasks.training import LocalTask, MemoryLedgerStore, evaluate, trainer_for
+from tasks.training import LocalTask, MemoryLedgerStore, TrainConfig, evaluate, trainer_for
 from tasks.training.functional import FUNCTIONAL_KEY, functional_file
 
 pytestmark = [
@@ -76,8 +76,9 @@ def make_task(
     if start is not None:
         with torch.no_grad():
             model.head.weight.copy_(torch.as_tensor(start))
+    config = TrainConfig.from_settings(settings)
     return LocalTask(
-        settings, data, model, torch.device("cpu"), rnd, 1000 + rnd, store, state, 0, state_dir
+        config, data, model, torch.device("cpu"), rnd, 1000 + rnd, store, state, 0, state_dir
     )
 
 
@@ -184,9 +185,8 @@ def test_functional_with_an_unsupported_model_names_the_supported_ones(name: str
     settings = dataclasses.replace(ADULT, model_name=name)
     data = client_data(ADULT)
     model = build_model(ModelSpec(name, data.input_shape, 2, 8, "adult"))
-    task = LocalTask(
-        settings, data, model, torch.device("cpu"), 1, 1, MemoryLedgerStore(1e-5), {}, 0
-    )
+    config = TrainConfig.from_settings(settings)
+    task = LocalTask(config, data, model, torch.device("cpu"), 1, 1, MemoryLedgerStore(1e-5), {}, 0)
     with pytest.raises(ValueError, match="supports model.name in"):
         trainer_for("functional")(task)
 

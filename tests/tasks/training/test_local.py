@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from protocol.settings import RunSettings
-from tasks.data import load_client_data, specs_from_settings
+from tasks.data import ClientData, load_client_data, specs_from_settings
 from tasks.models import ModelSpec, build_model
-from tasks.training import LocalTask, MemoryLedgerStore, trainer_for
+from tasks.training import LocalTask, MemoryLedgerStore, TrainConfig, trainer_for
+from tasks.training.dpsgd import plan_key
 
 SETTINGS = RunSettings(num_clients=3, num_rounds=2, privacy_target_epsilon=2.0, batch_size=32)
 
@@ -20,7 +23,8 @@ def make_task(settings: RunSettings, rnd: int, store: MemoryLedgerStore, cache: 
     dspec, pspec = specs_from_settings(settings)
     data = load_client_data(dspec, pspec, 0, settings.val_fraction)
     model = build_model(ModelSpec(settings.model_name, data.input_shape, data.num_classes), 0)
-    return LocalTask(settings, data, model, torch.device("cpu"), rnd, 1000 + rnd, store, cache, 0)
+    config = TrainConfig.from_settings(settings)
+    return LocalTask(config, data, model, torch.device("cpu"), rnd, 1000 + rnd, store, cache, 0)
 
 
 def test_dpsgd_spends_cumulatively_then_declines_past_budget() -> None:
@@ -69,3 +73,64 @@ def test_no_privacy_mode_reports_infinite_epsilon_and_trains() -> None:
 def test_unknown_mode_names_the_setting() -> None:
     with pytest.raises(ValueError, match="privacy.mode must be one of"):
         trainer_for("magic")
+
+
+# ---------------------------------------------------------------------- DP-SGD plan keys
+PLAN_KEYS = [
+    (RunSettings(), 100, "05c3a391096847e6"),
+    (
+        RunSettings(
+            output_dir="/runs/a",
+            privacy_target_epsilon=2.0,
+            privacy_delta=1e-6,
+            batch_size=32,
+            local_epochs=2,
+            num_rounds=5,
+            privacy_eval_epsilon=0.1,
+            fraction_evaluate=0.5,
+        ),
+        357,
+        "57dfd195252b4cb7",
+    ),
+    (
+        RunSettings(
+            output_dir="out/x", privacy_accountant="rdp", privacy_target_epsilon=8, num_rounds=3
+        ),
+        1000,
+        "b18323e2b644fdfc",
+    ),
+]
+"""Keys computed when the trainers still read the run's settings: stored plan files use them."""
+
+
+def _tiny_task(settings: RunSettings, n: int) -> LocalTask:
+    x, y = np.zeros((n, 4), np.float32), np.zeros(n, np.int64)
+    data = ClientData(x, y, x[:1], y[:1], (4,), 2)
+    config = TrainConfig.from_settings(settings)
+    store = MemoryLedgerStore(settings.privacy_delta)
+    return LocalTask(config, data, torch.nn.Linear(4, 2), torch.device("cpu"), 1, 0, store, {}, 0)
+
+
+def _key_from_settings(settings: RunSettings, n: int) -> str:
+    """The plan key as it was computed from the settings before :class:`TrainConfig`."""
+    fields = [
+        settings.output_dir,
+        settings.privacy_target_epsilon,
+        settings.training_epsilon,
+        settings.privacy_delta,
+        n,
+        settings.batch_size,
+        settings.local_epochs,
+        settings.privacy_accountant,
+    ]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("settings", "n", "key"), PLAN_KEYS)
+def test_plan_keys_are_unchanged_by_the_explicit_config(
+    settings: RunSettings, n: int, key: str
+) -> None:
+    assert plan_key(_tiny_task(settings, n)) == key == _key_from_settings(settings, n)
+    # federation.rounds is not part of the key: a resumed run with more rounds finds its plan
+    more = dataclasses.replace(settings, num_rounds=settings.num_rounds + 4)
+    assert plan_key(_tiny_task(more, n)) == key
