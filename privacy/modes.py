@@ -63,7 +63,9 @@ class PrivacyMode:
         What a model must offer to be served (:attr:`tasks.models.ModelInfo.capabilities`,
         e.g. ``"objective"``); empty: any model.
     release : callable
-        ``settings -> str``, one of :data:`RELEASES`: what the server combines.
+        ``settings -> str``, one of :data:`RELEASES`: what the server combines (the client's
+        trainer reads it as ``tasks.training.TrainConfig.release``, evaluated once from the
+        settings).
     check : callable
         Further checks of the settings against the clients' training-set sizes (:data:`Check`).
     """
