@@ -30,7 +30,7 @@ VALIDATION_SEED = 0
 """The validation records: ``bench/functional_features.py``'s draw (its defaults, seed 0)."""
 
 VALIDATION_NOTE = {
-    "adult": "a stratified validation fifth of adult.data; adult.test is the test split",
+    "adult": "a stratified validation fifth of adult.data",
     "wage": "a validation fifth of the Wage loader's seed-0 training split",
 }
 
