@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from privacy import get_mode
 from privacy.accounting import check_accountant
+from privacy.central import plan_central
 from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
@@ -34,6 +35,24 @@ def to_settings(cfg: DictConfig, output_dir: str = "") -> RunSettings:
             raise ValueError(f"{f.metadata['key']} is missing from the config")
         values[f.name] = value
     return RunSettings(**values, output_dir=output_dir).validate()
+
+
+def check_central_dp(settings: RunSettings) -> None:
+    """``central_dp``: the noise can be calibrated for the planned rounds (``ValueError``).
+
+    Adaptive clipping needs a clipped-count noise large enough to leave noise for the
+    updates (:func:`privacy.central.plan_central` names the setting).
+    """
+    if settings.central_dp_mode != "none":
+        plan_central(
+            settings.central_dp_mode,
+            settings.central_dp_target_epsilon,
+            settings.central_dp_delta,
+            settings.num_clients,
+            settings.fraction_train,
+            settings.num_rounds,
+            settings.central_dp_count_stddev_fraction,
+        )
 
 
 def check_resources(client_cpus: object, client_gpus: object) -> None:
@@ -125,5 +144,6 @@ def check_data(settings: RunSettings) -> DataCheck:
             f"1/n={1.0 / smallest:.3g}), got {settings.privacy_delta:g}"
         )
     mode.check(settings, sizes)  # the mode's own checks (DP-SGD: certifiable budget)
+    check_central_dp(settings)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return DataCheck(tuple(sizes), len(bundle.y_test), shapes)

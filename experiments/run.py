@@ -30,6 +30,7 @@ from experiments.resume import resume_argv, resume_config
 from experiments.schema import register_schema
 from experiments.sweep import job_guard, run_identity
 from privacy import is_private
+from privacy.central import server_ledger_epsilon
 from protocol.atomic import write_atomically
 from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
@@ -75,6 +76,9 @@ class RoundPrinter:
             f"round {int(row['round']):>3}/{self.settings.num_rounds} | {quality} | "
             f"epsilon {eps_text}"
         )
+        central = row.get("client_level_epsilon", math.nan)  # central_dp only
+        if isinstance(central, float) and math.isfinite(central):
+            line += f" | client-level epsilon {central:.3f}"
         if int(row["round"]) > 0:
             line += (
                 f" | clients {int(row['participants'])} trained, {int(row['declined'])} declined,"
@@ -143,6 +147,9 @@ def with_ledger_epsilon(summary: dict, out: Path) -> dict:
     recomputed from its events (``epsilon_source: "ledgers"``, per client in
     ``epsilon_clients``). A deployment's ledgers stay on the nodes.
     """
+    central = server_ledger_epsilon(out)  # client-level DP: the server ledger
+    if central is not None:
+        summary = summary | {"client_level_epsilon": central}
     eps = ledger_epsilons(out)
     if not eps:
         return summary
@@ -218,6 +225,13 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
             f" (epsilon {settings.privacy_target_epsilon:g}, delta {settings.privacy_delta:g})"
             if is_private(settings.privacy_mode)
             else ""
+        )
+        + (
+            f", central_dp={settings.central_dp_mode} (client-level epsilon "
+            f"{settings.central_dp_target_epsilon:g}, delta {settings.central_dp_delta:g}, "
+            f"clients Poisson-sampled at {settings.fraction_train:g})"
+            if settings.central_dp_mode != "none"
+            else ""
         ),
         flush=True,
     )
@@ -238,9 +252,11 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
         eps_text = "inf (no privacy)"
     else:
         eps_text = "-" if eps is None else f"{eps:.3f}"
+    central = summary.get("client_level_epsilon")
+    central_text = "" if central is None else f", client-level epsilon {central:.3f}"
     print(
         f"done: {quality} after {summary['rounds']} rounds, max client epsilon "
-        f"{eps_text}, {summary['wall_seconds']:.0f} s; "
+        f"{eps_text}{central_text}, {summary['wall_seconds']:.0f} s; "
         f"results in {out_dir}",
         flush=True,
     )

@@ -29,6 +29,7 @@ from tasks.data import DataBundle, load_dataset, server_indices, specs_from_sett
 from tasks.models import ModelSpec, build_model, get_weights, model_spec, set_weights
 from tasks.training import evaluate, make_loader, select_device, train_epochs
 
+from .central import CentralDp
 from .mixin import FedPrivMixin
 from .recorder import RunRecorder
 from .registry import make_strategy
@@ -170,6 +171,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     strategy = make_strategy(settings, server_update)
     assert isinstance(strategy, FedPrivMixin)
+    strategy.central = CentralDp.from_settings(settings, out_dir)  # None: central_dp.mode=none
     recorder = RunRecorder(out_dir, settings.num_rounds)
     evaluation = CentralEvaluation(settings, bundle, strategy, recorder)
     arrays, start_round = to_record(get_weights(initial)), 1

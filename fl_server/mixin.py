@@ -13,6 +13,9 @@
 * a round where every client failed raises :class:`NoClientSucceededError`; a round with no
   usable update, or fewer than ``federation.min_replies``, keeps the previous global model and
   records why (``kept_reason``);
+* under client-level DP (``central``, :mod:`fl_server.central`) nodes are Poisson-sampled
+  from a secret source, the budget guard may refuse a round, the norm screen and
+  ``min_replies`` are off, and every round releases the clipped, noised mean;
 * the state a resumed run needs (sampling RNG, reputations, clients' last epsilon) is
   :meth:`FedPrivMixin.strategy_state`, and :meth:`FedPrivMixin.start` can begin at any round.
 """
@@ -32,6 +35,7 @@ from protocol import keys
 from protocol.records import from_record, to_record
 from reliability import cap_counts, norm_outliers, parse_numbers, update_norm
 
+from .central import CentralDp
 from .replies import (
     COUNT_CAP_FACTOR,
     EVALUATE_RULES,
@@ -65,10 +69,13 @@ class FedPrivMixin(Resumable):
         self.client_epsilon: dict[int, float] = {}
         self.partition_node: dict[int, int] = {}  # partition id -> the node bound to it
         self.node_partition: dict[int, int] = {}  # node id -> its partition id
+        self.central: CentralDp | None = None  # client-level DP (central_dp), set by the app
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
-        """Sample from the connected nodes (seeded).
+    def _sample(
+        self, grid: Grid, fraction: float, minimum: int, central: CentralDp | None = None
+    ) -> list[int]:
+        """Sample from the connected nodes (seeded; Poisson and secret under ``central``).
 
         The first round waits for all ``federation.num_clients`` nodes; once the federation
         has formed, a round goes on with the nodes still connected as long as there are at
@@ -89,6 +96,8 @@ class FedPrivMixin(Resumable):
                 )
             time.sleep(0.5)
         self._formed = True
+        if central is not None:
+            return central.sample(nodes)
         size = min(len(nodes), max(minimum, int(len(nodes) * fraction)))
         return sorted(self._rng.sample(nodes, size))
 
@@ -106,7 +115,10 @@ class FedPrivMixin(Resumable):
         """Sample this round's clients (seeded) and send them the global model."""
         self.rounds[server_round] = RoundLog()
         self.current = arrays
-        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        if self.central is not None and (reason := self.central.guard(server_round)):
+            self.central.stopped(self.rounds[server_round], reason)  # the budget guard
+            return []
+        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, self.central)
         self.rounds[server_round].sampled = list(nodes)
         self.rounds[server_round].connected = set(grid.get_node_ids())
         # kept so that replies can be matched to their node by message id (see aggregate_train)
@@ -156,10 +168,9 @@ class FedPrivMixin(Resumable):
         for outcome, _, _ in usable:
             if problem := self._epsilon_fell(outcome):
                 outcome.status, outcome.reason = "rejected", problem
-        usable = self._screen(
-            [(o, w, m) for o, w, m in usable if o.status == "trained"],
-            reference,  # type: ignore[misc]
-        )
+        usable = [(o, w, m) for o, w, m in usable if o.status == "trained"]
+        if self.central is None:  # a screen relative to the others would couple the clients
+            usable = self._screen(usable, reference)  # type: ignore[arg-type]
         self._commit([o for o, _, _ in accepted])
         if log.outcomes and all(o.status == "failed" for o in log.outcomes):
             reasons = "; ".join(sorted({o.reason for o in log.outcomes}))
@@ -176,7 +187,10 @@ class FedPrivMixin(Resumable):
                     )
                 )
         arrays = None
-        if not usable:
+        if self.central is not None:  # released every round, whatever replied
+            if not log.kept_reason:  # else refused by the budget guard in configure_train
+                arrays = to_record(self.central.aggregate(server_round, usable, reference, log))  # type: ignore[arg-type]
+        elif not usable:
             counts = {s: sum(o.status == s for o in log.outcomes) for s in ("declined", "rejected")}
             failed = sum(o.status == "failed" for o in log.outcomes)
             log.kept_reason = (

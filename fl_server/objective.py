@@ -5,8 +5,9 @@ Each functional-mechanism client releases its noisy objectives once (Zhang et al
 its weights. :class:`ObjectiveFedAvg` validates both, lets the weighting (example counts, or a
 reliability scorer) weigh the clients as :class:`WeightedFedAvg` does, then replaces the
 trained head by the minimiser of the weighted sum of the released objectives
-(:func:`privacy.functional.solve_summed`). The math, and why this is post-processing of the
-clients' epsilon-DP releases, is in :mod:`privacy.functional.aggregate`.
+(the model's head kind, :data:`privacy.functional.HEAD_KINDS`: per-row objectives or one
+softmax release). The math, and why this is post-processing of the clients' epsilon-DP
+releases, is in :mod:`privacy.functional.aggregate` and :mod:`privacy.functional.softmax`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from privacy.functional import (
-    QuadraticObjective,
-    head_mechanism,
-    objectives_from_arrays,
-    release_shapes,
-    solve_summed,
-)
+from privacy.functional import HeadKind, head_kind
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
@@ -41,46 +36,56 @@ NoiseScale = Callable[[int, int], float]
 def noise_scale_of(settings: RunSettings) -> NoiseScale:
     """The Laplace scale every functional client of this run used: public, from the settings.
 
-    The same mechanism the clients drew with (:func:`privacy.functional.head_mechanism` of
-    the model's objective kind, ``privacy.functional_bound`` and the training epsilon).
+    The same mechanism the clients drew with (the model's objective kind,
+    :meth:`privacy.functional.HeadKind.noise_scale`, at ``privacy.functional_bound`` and the
+    training epsilon).
     """
+    kind = model_head_kind(settings)
+
+    def scale(dim: int, outputs: int) -> float:
+        return kind.noise_scale(
+            settings.training_epsilon, settings.privacy_functional_bound, dim, outputs
+        )
+
+    return scale
+
+
+def model_head_kind(settings: RunSettings) -> HeadKind:
+    """The head kind of the run's model; ``ValueError`` when it has no exact objective."""
     kind = model_info(settings.model_name).objective
     if not kind:
         raise ValueError(
             f"model.name={settings.model_name!r} has no exact objective, so its clients cannot "
             "release one (privacy.functional_aggregation=objective needs a functional model)"
         )
-
-    def scale(dim: int, outputs: int) -> float:
-        return head_mechanism(
-            settings.training_epsilon, kind, settings.privacy_functional_bound, outputs
-        ).noise_scale(dim)
-
-    return scale
+    return head_kind(kind)
 
 
-def parse_release(msg: Message, outputs: int, dim: int) -> tuple[list[QuadraticObjective], str]:
-    """A reply's released objectives, or ``([], reason)`` when they are missing or malformed.
+def parse_release(
+    msg: Message, kind: HeadKind, outputs: int, dim: int
+) -> tuple[dict[str, np.ndarray], str]:
+    """A reply's released arrays, or ``({}, reason)`` when they are missing or malformed.
 
-    The arrays go through :func:`reliability.validate_update` against the expected shapes
-    (NaN/Inf, shape, dtype kind, missing or unexpected arrays), then through
-    :class:`privacy.functional.QuadraticObjective`'s own checks (symmetric ``M``).
+    The arrays go through :func:`reliability.validate_update` against the kind's expected
+    shapes (NaN/Inf, shape, dtype kind, missing or unexpected arrays), then through the
+    kind's own checks (:meth:`privacy.functional.HeadKind.check`: a symmetric ``M`` or Gram).
     """
     record = msg.content.array_records.get(keys.FM_OBJECTIVES)
     if record is None:
-        return [], (
+        return {}, (
             f"reply has no '{keys.FM_OBJECTIVES}' record "
             "(privacy.functional_aggregation=objective needs the released objectives)"
         )
     arrays = from_record(record)
-    reference = {k: np.zeros(shape) for k, shape in release_shapes(outputs, dim).items()}
+    reference = {k: np.zeros(shape) for k, shape in kind.shapes(outputs, dim).items()}
     problem = validate_update(arrays, reference)
     if problem:
-        return [], f"objective release: {problem}"
+        return {}, f"objective release: {problem}"
     try:
-        return objectives_from_arrays(arrays), ""
+        kind.check(arrays)
     except ValueError as err:
-        return [], f"objective release: {err}"
+        return {}, f"objective release: {err}"
+    return arrays, ""
 
 
 class ObjectiveFedAvg(WeightedFedAvg):
@@ -89,13 +94,16 @@ class ObjectiveFedAvg(WeightedFedAvg):
     A client with weight ``a_i`` (from the weighting, summing to 1) contributes
     ``a_i * N / n_i`` times its objective (``N`` the usable clients' examples): 1 for every
     client under FedAvg's example weights, i.e. the plain sum, which is the objective of the
-    union of the clients' data; a reliability scorer's down-weighting carries over. The other
-    weights (public, fixed layers) are averaged as usual.
+    union of the clients' data; a reliability scorer's down-weighting carries over, and the
+    scorer reads each client's head against the zero head (the expansion point), so the same
+    release gets the same score every round. The other weights (public, fixed layers) are
+    averaged as usual.
     """
 
-    def __init__(self, *, noise_scale: NoiseScale, **kwargs: Any) -> None:
+    def __init__(self, *, noise_scale: NoiseScale, kind: HeadKind, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.noise_scale = noise_scale
+        self.kind = kind
 
     def aggregate_usable(
         self,
@@ -112,24 +120,30 @@ class ObjectiveFedAvg(WeightedFedAvg):
         head = reference[FUNCTIONAL_HEAD]
         outputs, dim = head.shape
         kept: list[tuple[ClientOutcome, Weights, Message]] = []
-        releases: list[list[QuadraticObjective]] = []
+        releases: list[dict[str, np.ndarray]] = []
         for outcome, weights, msg in usable:
-            objectives, problem = parse_release(msg, outputs, dim)
+            arrays, problem = parse_release(msg, self.kind, outputs, dim)
             if problem:
                 outcome.status, outcome.reason = "rejected", problem
                 continue
             kept.append((outcome, weights, msg))
-            releases.append(objectives)
+            releases.append(arrays)
         if len(kept) < max(1, self.min_replies):
             return None
-        averaged = super().aggregate_usable(server_round, kept, reference)
+        # The weighting (a reliability scorer) sees each client's head from the expansion point
+        # (the zero head), not from this round's global head: under closed-form solving a
+        # client's head is a function of its release alone, the same every round, so the
+        # scores accumulate evidence about the releases instead of re-judging small moves
+        # around the server's solution. The head of the weighted average is replaced below.
+        anchored = {**reference, FUNCTIONAL_HEAD: np.zeros_like(head)}
+        averaged = super().aggregate_usable(server_round, kept, anchored)
         if averaged is None:
             return None
         a = np.array([o.weight for o, _, _ in kept], dtype=np.float64)
         n = np.array([o.num_examples for o, _, _ in kept], dtype=np.float64)
         scale = a * n.sum() / n
         b = self.noise_scale(dim, outputs)
-        rows = [solve_summed([r[k] for r in releases], b, scale) for k in range(outputs)]
         result = from_record(averaged)
-        result[FUNCTIONAL_HEAD] = np.stack(rows).astype(head.dtype, copy=False)
+        solved = self.kind.solve(releases, b, scale)
+        result[FUNCTIONAL_HEAD] = solved.astype(head.dtype, copy=False)
         return to_record(result)

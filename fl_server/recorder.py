@@ -91,7 +91,7 @@ class RunRecorder:
                 "round_seconds": time.perf_counter() - log.started,
                 "client_train_seconds_max": max(secs) if secs else math.nan,
                 "client_train_seconds_sum": sum(secs),
-            }
+            } | log.central
             self.clients.extend(dataclasses.asdict(o) for o in outcomes)
         self.rounds.append(row)
         self.flush()

@@ -27,7 +27,7 @@ from protocol.settings import RunSettings
 from reliability import ReliabilityWeighting, make_scorer
 
 from .mixin import FedPrivMixin
-from .objective import ObjectiveFedAvg, noise_scale_of
+from .objective import ObjectiveFedAvg, model_head_kind, noise_scale_of
 from .replies import Weights
 from .weighted import WeightedFedAvg, weight_by_examples
 
@@ -55,7 +55,9 @@ def make_strategy(settings: RunSettings, server_update: ServerUpdate | None = No
 
 
 def _objective(settings: RunSettings) -> Callable[..., WeightedFedAvg]:
-    return functools.partial(ObjectiveFedAvg, noise_scale=noise_scale_of(settings))
+    return functools.partial(
+        ObjectiveFedAvg, noise_scale=noise_scale_of(settings), kind=model_head_kind(settings)
+    )
 
 
 RELEASES: dict[str, Callable[[RunSettings], Callable[..., WeightedFedAvg]]] = {

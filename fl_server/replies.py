@@ -98,6 +98,8 @@ class RoundLog:
     val_accuracy: float = float("nan")
     val_accuracy_dp: float = float("nan")
     val_loss_dp: float = float("nan")
+    central: dict[str, float] = field(default_factory=dict)
+    """Client-level DP only (``central_dp``): extra columns of the round's row."""
 
 
 class NoClientSucceededError(RuntimeError):

@@ -135,6 +135,9 @@ class Resumable:
         weighting: Any = getattr(self, "weighting", None)
         if hasattr(weighting, "state_dict"):
             state["weighting"] = weighting.state_dict()
+        central: Any = getattr(self, "central", None)
+        if central is not None:
+            state["central"] = central.state_dict()
         return state
 
     def load_strategy_state(self, state: dict[str, Any]) -> None:
@@ -145,3 +148,6 @@ class Resumable:
         weighting: Any = getattr(self, "weighting", None)
         if "weighting" in state and hasattr(weighting, "load_state_dict"):
             weighting.load_state_dict(state["weighting"])
+        central: Any = getattr(self, "central", None)
+        if central is not None:
+            central.load_state_dict(state.get("central"))

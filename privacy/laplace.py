@@ -475,9 +475,15 @@ class SnappedLaplace:
         Number of released coordinates, ``>= 1``.
     granularity : float or None, default None
         Grid step ``gamma``: a positive power of two, or ``None`` to choose the largest power
-        of two ``2**k`` with ``dim * 2**k <= sensitivity / 100`` (computed exactly), which
+        of two ``2**k`` with ``changed * 2**k <= sensitivity / 100`` (computed exactly), which
         keeps the snapping cost (``noise_scale`` versus ``sensitivity / epsilon``) at about
         1% plus one grid step.
+    changed : int or None, default None
+        The most coordinates in which the values of two neighbouring inputs can differ
+        (``None``: ``dim``). A coordinate that is equal on both neighbours rounds to the same
+        grid point, so only these add rounding to the integer sensitivity
+        (``ceil(sensitivity / gamma) + changed``). The caller's neighbouring relation must
+        guarantee it, as it guarantees ``sensitivity``.
 
     Raises
     ------
@@ -493,12 +499,18 @@ class SnappedLaplace:
     sensitivity: float
     dim: int
     granularity: float | None = None
+    changed: int | None = None
 
     def __post_init__(self) -> None:
         _positive_finite(self.epsilon, "epsilon")
         _positive_finite(self.sensitivity, "sensitivity")
         if isinstance(self.dim, bool) or not isinstance(self.dim, Integral) or self.dim <= 0:
             raise ValueError(f"dim must be a positive int, got {self.dim!r}")
+        c = self.changed
+        if c is not None and (
+            isinstance(c, bool) or not isinstance(c, Integral) or not 0 < c <= self.dim
+        ):
+            raise ValueError(f"changed must be an int in [1, dim={self.dim}], got {c!r}")
         if self.granularity is not None:
             g = self.granularity
             if isinstance(g, bool) or not _is_float_power_of_two(_exact(g, "granularity")):
@@ -514,9 +526,13 @@ class SnappedLaplace:
                 f"granularity={self.granularity!r} give a noise scale beyond float64"
             )
 
+    @property
+    def _changed(self) -> int:
+        return int(self.dim if self.changed is None else self.changed)
+
     def _auto_exponent(self) -> int:
-        """Largest ``k`` with ``dim * 2**k <= sensitivity / 100``, in exact arithmetic."""
-        target = _exact(self.sensitivity, "sensitivity") / (100 * int(self.dim))
+        """Largest ``k`` with ``changed * 2**k <= sensitivity / 100``, in exact arithmetic."""
+        target = _exact(self.sensitivity, "sensitivity") / (100 * self._changed)
         k = target.numerator.bit_length() - target.denominator.bit_length()
         while Fraction(2) ** k > target:
             k -= 1
@@ -533,9 +549,9 @@ class SnappedLaplace:
 
     @property
     def integer_sensitivity(self) -> int:
-        """L1 sensitivity of ``round(v / gamma)``: ``ceil(sensitivity / gamma) + dim``."""
+        """L1 sensitivity of ``round(v / gamma)``: ``ceil(sensitivity / gamma) + changed``."""
         ratio = _exact(self.sensitivity, "sensitivity") / Fraction(self.gamma)
-        return math.ceil(ratio) + int(self.dim)
+        return math.ceil(ratio) + self._changed
 
     @property
     def noise_scale(self) -> float:

@@ -54,6 +54,10 @@ STRATEGIES = ("fedavg", "scorer", "fedmedian", "fedtrimmedavg", "krum", "multikr
 """Names the ServerApp's strategy registry serves (``aggregation.strategy``); a test keeps the
 registry in ``fl_server.registry`` and this tuple equal, so configs are checked up front."""
 
+CENTRAL_DP_MODES = ("none", "fixed", "adaptive")
+"""Client-level DP on the server (``central_dp.mode``); a test keeps this tuple and
+``privacy.central.CLIPPINGS`` (plus ``none``) equal."""
+
 MIN_ROUND_TIMEOUT = 10.0
 """Seconds: Flower's grid polls for replies every 3 s and a SuperNode every 3 s, so a shorter
 round timeout fails every round."""
@@ -291,6 +295,40 @@ class ParticipantsGroup(Group):
 
 
 @dataclass
+class CentralDpGroup(Group):
+    """``central_dp=``: client-level DP added by the server (DP-FedAvg), over the whole run.
+
+    ``fixed`` clips every client's update to ``clip``; ``adaptive`` starts at ``initial_clip``
+    and moves it towards the ``target_quantile`` of the update norms (Andrew et al. 2021),
+    from a count noised with std ``count_stddev_fraction`` x the expected clients per round.
+    Checks across groups and the calibration are in ``RunSettings.validate`` and
+    ``experiments.config``.
+    """
+
+    NAME: ClassVar[str] = "central_dp"
+
+    mode: str = "none"
+    """``none`` | ``fixed`` | ``adaptive``."""
+    target_epsilon: float = 4.0
+    delta: float = 1e-5
+    clip: float = 1.0
+    """``fixed``: the L2 clip norm of each client's update."""
+    initial_clip: float = 0.1
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_stddev_fraction: float = 0.05
+    """``adaptive``: clipped-count noise std over the expected clients (Andrew et al.: 1/20)."""
+
+    def validate(self) -> None:
+        """A known mode; epsilon, clips, rate > 0; delta and quantile in (0, 1)."""
+        self._one_of("mode", CENTRAL_DP_MODES)
+        self._positive("target_epsilon", "clip", "initial_clip", "clip_lr")
+        self._positive("count_stddev_fraction")
+        self._require("delta", 0 < self.delta < 1, "must be in (0, 1)")
+        self._require("target_quantile", 0 < self.target_quantile < 1, "must be in (0, 1)")
+
+
+@dataclass
 class FedPrivConf(Group):
     """The whole composed config (``conf/config.yaml``): the top-level keys and the groups."""
 
@@ -305,6 +343,7 @@ class FedPrivConf(Group):
     federation: FederationGroup = field(default_factory=FederationGroup)
     aggregation: AggregationGroup = field(default_factory=AggregationGroup)
     participants: ParticipantsGroup = field(default_factory=ParticipantsGroup)
+    central_dp: CentralDpGroup = field(default_factory=CentralDpGroup)
 
     def validate(self) -> None:
         """The top-level keys, then every group's own checks."""

@@ -59,6 +59,10 @@ Scalar = bool | int | float | str
 ROBUST_MIN_CLIENTS = {"krum": (2, 3), "multikrum": (2, 3), "bulyan": (4, 3)}
 """``strategy: (a, b)``: Flower's rule needs at least ``a * num_malicious + b`` replies a round."""
 
+CENTRAL_DP_STRATEGIES = ("fedavg", "scorer")
+"""Strategies whose aggregate has a sensitivity the clip bounds (weights from public
+information only: uniform); Flower's robust baselines are refused with central DP."""
+
 OBJECTIVE_STRATEGIES = ("fedavg", "scorer")
 """Strategies that can aggregate released objectives (their weights scale each objective)."""
 
@@ -115,6 +119,14 @@ class RunSettings:
     participants_noise_rate: float = _f("participants.noise_rate")
     participants_feature_noise_std: float = _f("participants.feature_noise_std")
     participants_tiny_size: int = _f("participants.tiny_size")
+    central_dp_mode: str = _f("central_dp.mode")
+    central_dp_target_epsilon: float = _f("central_dp.target_epsilon")
+    central_dp_delta: float = _f("central_dp.delta")
+    central_dp_clip: float = _f("central_dp.clip")
+    central_dp_initial_clip: float = _f("central_dp.initial_clip")
+    central_dp_target_quantile: float = _f("central_dp.target_quantile")
+    central_dp_clip_lr: float = _f("central_dp.clip_lr")
+    central_dp_count_stddev_fraction: float = _f("central_dp.count_stddev_fraction")
     device: str = _f("device")
     output_dir: str = field(default="", metadata={"key": "output_dir", "setting": False})
     """Where the run writes (set by ``experiments``, not a setting of ``conf/``)."""
@@ -220,7 +232,45 @@ class RunSettings:
                 f"{self.privacy_mode!r}, which releases objectives that only they can sum (set "
                 "privacy.functional_aggregation=average for Flower's robust baselines)",
             )
+        if self.central_dp_mode != "none":
+            self._check_central_dp()
         return self
+
+    def _check_central_dp(self) -> None:
+        """Client-level DP: a bounded sensitivity, a sampling that earns amplification."""
+        n, mode = self.num_clients, f"central_dp.mode={self.central_dp_mode!r}"
+        self._require(
+            "central_dp_delta",
+            self.central_dp_delta < 1.0 / n,
+            f"must be below 1/federation.num_clients = {1.0 / n:.3g} (a client-level delta)",
+        )
+        expected = self.fraction_train * n
+        self._require(
+            "fraction_train",
+            expected >= 1,
+            f"gives {expected:.3g} expected clients a round (federation.num_clients={n}); "
+            f"{mode} Poisson-samples clients and needs at least 1",
+        )
+        self._require(
+            "aggregation_strategy",
+            self.aggregation_strategy in CENTRAL_DP_STRATEGIES,
+            f"must be one of {list(CENTRAL_DP_STRATEGIES)} with {mode}: a median or a "
+            "selection depends on every client's update, so one client's data can move the "
+            "aggregate by more than the clip and the noise bounds nothing",
+        )
+        self._require(
+            "aggregation_scorer",
+            self.aggregation_strategy != "scorer" or self.aggregation_scorer == "uniform",
+            f"must be 'uniform' with {mode}: a reliability score computed from the other "
+            "clients' updates moves every client's weight, so the sensitivity is not bounded",
+        )
+        release = MODES[self.privacy_mode].release(self) if self.privacy_mode in MODES else ""
+        self._require(
+            "privacy_mode",
+            release in ("", "weights"),
+            f"must release weights with {mode} (got release {release!r}; set "
+            "privacy.functional_aggregation=average for the functional mechanism)",
+        )
 
     def groups(self) -> FedPrivConf:
         """These values as the setting groups (launch-only keys keep their defaults)."""

@@ -20,6 +20,11 @@ Differential Privacy", PVLDB 5(11), 2012 (FM).
   hidden layer never sees private data, with the functional mechanism on its output layer.
 * :func:`solve_summed` and friends (:mod:`privacy.functional.aggregate`): the server sums
   the clients' released noisy objectives and minimises the sum once (post-processing).
+* :class:`SoftmaxMechanism` (:mod:`privacy.functional.softmax`): the softmax cross-entropy
+  expanded to second order, released once for all ``K`` classes (class sums and the upper
+  triangle of the Gram matrix), ``Delta = 2 sqrt(d) + d + 1`` whatever ``K``.
+* :data:`HEAD_KINDS` (:mod:`privacy.functional.heads`): per objective kind, what a head
+  releases and how a client and the server solve it; the trainer and server ask it.
 
 This package never imports ``flwr`` or any project package outside :mod:`privacy`.
 """
@@ -37,6 +42,14 @@ from privacy.functional.aggregate import (
     summed_noise_ridge,
 )
 from privacy.functional.bounds import FeatureBounds, TargetBounds
+from privacy.functional.heads import (
+    HEAD_KINDS,
+    HeadKind,
+    RowObjectives,
+    SoftmaxHead,
+    head_kind,
+    register_head_kind,
+)
 from privacy.functional.mechanism import (
     OBJECTIVES,
     SENSITIVITY_BOUNDS,
@@ -61,19 +74,34 @@ from privacy.functional.objective import (
     minimise,
     stabilise,
 )
+from privacy.functional.softmax import (
+    SoftmaxMechanism,
+    SoftmaxStatistics,
+    softmax_ridge,
+    softmax_sensitivity,
+    softmax_sensitivity_l2,
+    solve_softmax,
+)
 from privacy.modes import PrivacyMode, register_mode
 
 __all__ = [
+    "HEAD_KINDS",
     "OBJECTIVES",
     "SENSITIVITY_BOUNDS",
     "FeatureBounds",
     "FunctionalMechanism",
+    "HeadKind",
     "ObjectiveKind",
     "PublicFeatureNetwork",
     "QuadraticObjective",
+    "RowObjectives",
+    "SoftmaxHead",
+    "SoftmaxMechanism",
+    "SoftmaxStatistics",
     "TargetBounds",
     "default_ridge",
     "fit_private",
+    "head_kind",
     "head_mechanism",
     "gradient_steps",
     "linear_regression_objective",
@@ -86,8 +114,13 @@ __all__ = [
     "minimise",
     "objectives_from_arrays",
     "objectives_to_arrays",
+    "register_head_kind",
     "register_objective",
     "release_shapes",
+    "softmax_ridge",
+    "softmax_sensitivity",
+    "softmax_sensitivity_l2",
+    "solve_softmax",
     "solve_summed",
     "stabilise",
     "sum_objectives",

@@ -18,9 +18,11 @@ private data is the output layer, released through the functional mechanism
 feature dimension). Everything released (public hidden layer + noisy output objectives and
 their minimisers) is ``epsilon``-DP.
 
-Multi-class: one-vs-rest, one logistic objective per class, each released at
-``epsilon / K``; every record enters all ``K`` objectives, so by basic composition
-(Dwork & Roth 2014, Thm 3.16) the ``K`` releases together are ``epsilon``-DP.
+Multi-class in :meth:`PublicFeatureNetwork.fit_private`: one-vs-rest, one logistic objective
+per class, each released at ``epsilon / K``; every record enters all ``K`` objectives, so by
+basic composition (Dwork & Roth 2014, Thm 3.16) the ``K`` releases together are
+``epsilon``-DP. The ``fm_network`` model does better: one softmax release for all classes,
+whose noise does not grow with ``K`` (:mod:`privacy.functional.softmax`).
 """
 
 from __future__ import annotations

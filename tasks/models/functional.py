@@ -2,8 +2,13 @@
 
 Registered in :mod:`tasks.models`' registry. A fixed, public normalisation of the raw input
 into the L2 unit ball (the dataset's declared :class:`~tasks.data.bounds.PublicBounds`, record by
-record), optionally a fixed public random ``tanh`` layer, then one trainable linear map
-without bias: :class:`FunctionalModel`, whose exact quadratic objective a client can build.
+record), optionally fixed public hidden layers, then one trainable linear map without bias:
+:class:`FunctionalModel`, whose exact objective a client can build and release.
+
+``fm_network``'s hidden layers never see a client's data: a small CNN trained on the dataset's
+declared public records where it has them (MNIST: the official validation images;
+:mod:`tasks.models.extractor`), else a data-independent seeded random ``tanh`` layer. Its head
+is the softmax expansion over all classes (objective kind ``softmax``), released once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 
 from privacy.functional import FeatureBounds, PublicFeatureNetwork, TargetBounds
 from tasks.data.bounds import public_bounds
+from tasks.models.extractor import PublicConvFeatures, public_extractor_state
 from tasks.models.registry import ModelSpec, register_model
 
 FUNCTIONAL_HEAD = "head.weight"
@@ -123,17 +129,20 @@ class FunctionalModel(nn.Module):
 
     What the functional mechanism needs of a model (``privacy.mode=functional``):
 
-    * :attr:`objective_kind`: ``"logistic"`` or ``"linear"`` (a key of
-      :data:`privacy.functional.OBJECTIVES`);
+    * :attr:`objective_kind`: ``"logistic"``, ``"linear"`` or ``"softmax"`` (a key of
+      :data:`privacy.functional.HEAD_KINDS`, which releases and solves the head);
     * :meth:`fm_features`: the records the head sees, in the L2 unit ball, computed with
-      the library's own numpy code (:class:`FeatureBounds`, :class:`PublicFeatureNetwork`),
-      which raises a ``ValueError`` naming the column on a NaN;
-    * :meth:`fm_targets`: one target vector per row of ``head.weight`` (one objective each);
-    * ``head.weight`` of shape ``(outputs, dim)``: row ``k`` minimises objective ``k``.
+      the library's own numpy code (:class:`FeatureBounds`, :class:`PublicFeatureNetwork`,
+      :meth:`PublicConvFeatures.features`), which raises a ``ValueError`` naming the
+      column on a NaN;
+    * :meth:`fm_targets`: one target vector per row of ``head.weight`` (an objective each,
+      or for ``softmax`` the one-hot labels of one release);
+    * ``head.weight`` of shape ``(outputs, dim)``.
     """
 
     objective_kind: str
     hidden: PublicTanhFeatures | None
+    extractor: PublicConvFeatures | None
     head: nn.Linear
 
     def __init__(
@@ -143,12 +152,18 @@ class FunctionalModel(nn.Module):
         output_map: nn.Module,
         kind: str,
         hidden: PublicTanhFeatures | None = None,
+        extractor: PublicConvFeatures | None = None,
     ) -> None:
         super().__init__()
         self.flatten = nn.Flatten()
         self.normalise = PublicNormalise(bounds)
         self.hidden = hidden
-        dim = hidden.dim if hidden is not None else bounds.dim
+        self.extractor = extractor
+        dim = bounds.dim
+        if extractor is not None:
+            dim = extractor.dim
+        elif hidden is not None:
+            dim = hidden.dim
         self.head = nn.Linear(dim, outputs, bias=False)
         nn.init.zeros_(self.head.weight)  # the objectives are expanded at w = 0
         self.output_map = output_map
@@ -156,6 +171,8 @@ class FunctionalModel(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """``head(features(x))``: one score per output."""
+        if self.extractor is not None:
+            return self.head(self.extractor(x))
         z = self.normalise(self.flatten(x))
         if self.hidden is not None:
             z = self.hidden(z)
@@ -167,6 +184,8 @@ class FunctionalModel(nn.Module):
 
     def fm_features(self, x: npt.ArrayLike) -> np.ndarray:
         """Records the head sees, float64, ``||.||_2 <= 1`` (numpy reference code)."""
+        if self.extractor is not None:
+            return self.extractor.features(np.asarray(x, dtype=np.float64))
         flat = np.asarray(x, dtype=np.float64).reshape(len(np.asarray(x)), -1)
         bounds = self.normalise.bounds
         if self.hidden is None:
@@ -189,6 +208,7 @@ class _Logistic(FunctionalModel):
         labels = np.asarray(y).reshape(-1)
         if self.head.out_features == 1:
             return [(labels == 1).astype(np.float64)]
+        # One indicator per class: one-vs-rest rows, or the softmax head's one-hot labels.
         return [(labels == k).astype(np.float64) for k in range(self.head.out_features)]
 
 
@@ -217,7 +237,8 @@ def _logistic(spec: ModelSpec) -> nn.Module:
     if spec.num_classes != 2:
         raise ValueError(
             f"model.name='logistic' needs a dataset with 2 classes, got dataset.name="
-            f"{spec.dataset!r} with {spec.num_classes}; use fm_network (one-vs-rest) or softmax"
+            f"{spec.dataset!r} with {spec.num_classes}; use fm_network (one softmax release) "
+            "or softmax"
         )
     return _Logistic(_bounds(spec), 1, TwoLogits(), "logistic")
 
@@ -233,17 +254,27 @@ def _linear(spec: ModelSpec) -> nn.Module:
     return _Linear(_bounds(spec), target)
 
 
-@register_model("fm_network", objective="logistic")
+@register_model("fm_network", objective="softmax")
 def _fm_network(spec: ModelSpec) -> nn.Module:
-    """Public random ``tanh`` layer (seeded, never trained) + logistic / one-vs-rest heads."""
+    """Public hidden layers (never trained on client data) + one softmax head for all classes.
+
+    The hidden layers are the public CNN of :mod:`tasks.models.extractor` when the dataset
+    declares public records (``model.hidden`` bottleneck units), else a seeded random ``tanh``
+    layer of ``model.hidden`` units (data-independent). The head (``num_classes`` rows) is
+    released through the softmax expansion (:mod:`privacy.functional.softmax`).
+    """
     if spec.num_classes < 2:
         raise ValueError(
             f"model.name='fm_network' needs a classification dataset, got dataset.name="
             f"{spec.dataset!r} with num_classes={spec.num_classes}"
         )
     bounds = _bounds(spec)
+    state = public_extractor_state(spec.dataset, spec.hidden)
+    if state is not None:
+        extractor = PublicConvFeatures(state, spec.input_shape)
+        return _Logistic(bounds, spec.num_classes, nn.Identity(), "softmax", extractor=extractor)
     # build_model seeded torch with the run seed: the public hidden layer derives from it.
     net = PublicFeatureNetwork(bounds, hidden=spec.hidden, seed=torch.initial_seed())
-    outputs = 1 if spec.num_classes == 2 else spec.num_classes
-    output_map: nn.Module = TwoLogits() if outputs == 1 else nn.Identity()
-    return _Logistic(bounds, outputs, output_map, "logistic", PublicTanhFeatures(net))
+    return _Logistic(
+        bounds, spec.num_classes, nn.Identity(), "softmax", hidden=PublicTanhFeatures(net)
+    )

@@ -1,8 +1,11 @@
 """The functional mechanism as a privacy mode of local training (``privacy.mode=functional``).
 
 Named by the ``functional`` mode (:mod:`privacy.functional`) as its trainer. One noisy
-objective per client dataset (Zhang et al. 2012, Algorithm 1), kept in the client's node
-state and beside its ledger on disk, minimised from the global weights every round.
+release per client dataset (Zhang et al. 2012, Algorithm 1), kept in the client's node
+state and beside its ledger on disk, minimised from the global weights every round. What is
+released and how it is solved is the model's objective kind's
+(:data:`privacy.functional.HEAD_KINDS`): per-row quadratic objectives (``linear``,
+``logistic``) or one softmax release for all classes (``softmax``).
 """
 
 from __future__ import annotations
@@ -19,14 +22,9 @@ from torch import nn
 from privacy import PureDpEvent, derive_seed
 from privacy.functional import (
     FunctionalMechanism,
-    QuadraticObjective,
-    default_ridge,
-    gradient_steps,
+    head_kind,
     head_mechanism,
     make_noise_generator,
-    minimise,
-    objectives_to_arrays,
-    stabilise,
 )
 from protocol.atomic import write_atomically
 from tasks.models.functional import FunctionalModel
@@ -35,11 +33,12 @@ from tasks.training.local import LocalResult, LocalTask, TrainConfig
 
 FUNCTIONAL_KEY = "functional"
 """Key of the noisy objectives in :attr:`LocalTask.state` (and name of the file on disk)."""
-FUNCTIONAL_VERSION = 1
+FUNCTIONAL_VERSION = 2
+"""Version 2 stores the release as named arrays (``arrays``), whatever the objective kind."""
 
 
 def functional_mechanism(config: TrainConfig, kind: str, outputs: int) -> FunctionalMechanism:
-    """The mechanism of one head row: one-vs-rest heads share the training epsilon.
+    """The mechanism of one row of a per-row head (``linear``, ``logistic``): rows share epsilon.
 
     ``config`` gives the epsilon (:attr:`TrainConfig.training_epsilon`) and the sensitivity
     bound (``privacy.functional_bound``).
@@ -94,13 +93,14 @@ def train_functional(task: LocalTask) -> LocalResult:
     """The functional mechanism: one noisy objective per client dataset, minimised every round.
 
     First round of a client: build the exact objective of the model's trainable head on its
-    training data (records normalised by the dataset's public bounds), add
-    ``Laplace(Delta/epsilon)`` noise once (Zhang et al. 2012, Algorithm 1; one-vs-rest heads
-    share ``epsilon`` equally), record ONE :class:`PureDpEvent` of ``epsilon =
+    training data (records the model's public feature map puts in the L2 unit ball), add
+    ``Laplace(Delta/epsilon)`` noise once (Zhang et al. 2012, Algorithm 1; the head kind's
+    release: per-row objectives share ``epsilon``, the softmax head releases all classes at
+    once), record ONE :class:`PureDpEvent` of ``epsilon =
     privacy.target_epsilon`` in the ledger, then keep the noisy objectives in the client's
     state and beside the ledger on disk (ledger first: a crash in between over-counts, never
-    under-counts). Every round (the first included): stabilise the same noisy objectives
-    and move from the received global weights to their minimiser (closed form, or
+    under-counts). Every round (the first included): stabilise the same noisy release and
+    move from the received global weights to its minimiser (closed form, or
     ``privacy.functional_steps`` gradient steps). Only post-processing after the draw, so
     epsilon stays at ``privacy.target_epsilon`` however many rounds run.
 
@@ -117,12 +117,12 @@ def train_functional(task: LocalTask) -> LocalResult:
     n = len(task.data.y_train)
     outputs = model.head.out_features
     dim = model.head.in_features
-    mech = functional_mechanism(c, model.objective_kind, outputs)
+    kind = head_kind(model.objective_kind)
     expected = {
         "version": FUNCTIONAL_VERSION,
         "model": c.model_name,
-        "kind": mech.kind,
-        "bound": mech.bound,
+        "kind": kind.name,
+        "bound": c.functional_bound,
         "epsilon": float(c.training_epsilon),
         "dim": dim,
         "outputs": outputs,
@@ -151,13 +151,15 @@ def train_functional(task: LocalTask) -> LocalResult:
         generator = make_noise_generator(
             derive_seed(c.run_seed, task.partition_id, 0xF0C7), secure=not c.reproducible_noise
         )
-        noisy = [mech.perturb(mech.objective(feats, t), generator) for t in targets]
+        noisy = kind.release(
+            feats, targets, float(c.training_epsilon), c.functional_bound, generator
+        )
         ledger.record(event)
         task.ledger.save(ledger)  # the spend is on record before anything uses the draw
         release = {
             **expected,
             "round": task.server_round,
-            "objectives": [o.to_dict() for o in noisy],
+            "arrays": {k: np.asarray(v).tolist() for k, v in noisy.items()},
         }
         task.state[FUNCTIONAL_KEY] = release
         if task.state_dir is not None:
@@ -165,26 +167,19 @@ def train_functional(task: LocalTask) -> LocalResult:
                 functional_file(task.state_dir, task.partition_id), json.dumps(release)
             )
     _check_release(release, expected)
-    stored: list[dict[str, Any]] = release["objectives"]
-    objectives = [QuadraticObjective.from_dict(o) for o in stored]
-    ridge = default_ridge(mech, dim)
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in release["arrays"].items()}
     start_weights = model.head.weight.detach().cpu().double().numpy()
-    rows = []
-    for k, objective in enumerate(objectives):
-        if c.functional_steps == 0:
-            rows.append(minimise(objective, ridge=ridge))
-        else:
-            stable = stabilise(objective, ridge=ridge)
-            rows.append(gradient_steps(stable, start_weights[k], steps=c.functional_steps))
-    head = np.stack(rows)
+    head = kind.local_head(
+        arrays, float(c.training_epsilon), c.functional_bound, start_weights, c.functional_steps
+    )
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(head, dtype=model.head.weight.dtype))
-    # Reported loss: the noisy objectives at the new weights, per example (post-processing).
-    # Their constant is not released, so this is the loss relative to the all-zero model's.
-    loss = sum(o.value(w) for o, w in zip(objectives, rows, strict=True)) / max(n, 1)
+    # Reported loss: the noisy objective at the new weights, per example (post-processing).
+    # Its constant is not released, so this is the loss relative to the all-zero model's.
+    loss = kind.loss(arrays, head) / max(n, 1)
     seconds = time.perf_counter() - start
-    # The released objectives are the epsilon-DP output itself: sending them is no new spend.
-    release = objectives_to_arrays(objectives) if c.release == "objective" else None
+    # The release is the epsilon-DP output itself: sending it is no new spend.
+    sent = arrays if c.release == "objective" else None
     return LocalResult(
         get_weights(model),
         n,
@@ -192,6 +187,6 @@ def train_functional(task: LocalTask) -> LocalResult:
         task.ledger.load().epsilon(),
         "",
         seconds,
-        release,
+        sent,
         train_loss_dp=float(loss),
     )

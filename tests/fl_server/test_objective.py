@@ -15,8 +15,12 @@ from fl_server.registry import make_strategy
 from fl_server.weighted import WeightedFedAvg
 from privacy.functional import (
     FunctionalMechanism,
+    SoftmaxMechanism,
+    SoftmaxStatistics,
+    head_kind,
     make_noise_generator,
     objectives_to_arrays,
+    solve_softmax,
     solve_summed,
 )
 from protocol import keys
@@ -151,3 +155,65 @@ def test_kinds_and_head_name_match_the_models(name: str) -> None:
     assert isinstance(model, FunctionalModel)
     assert model_info(name).objective == model.objective_kind
     assert FUNCTIONAL_HEAD in model.state_dict()
+
+
+def test_softmax_head_is_solved_once_for_all_classes_from_the_summed_releases() -> None:
+    """fm_network: one softmax release per client; the server sums them and solves once."""
+    k, d = 4, 5
+    settings = dataclasses.replace(SETTINGS, dataset_name="digits", model_name="fm_network")
+    kind = head_kind("softmax")
+    rng = np.random.default_rng(0)
+    rel = []
+    for i in range(3):
+        x = rng.normal(size=(100, d))
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+        y = rng.integers(0, k, 100)
+        targets = [(y == c).astype(float) for c in range(k)]
+        rel.append(kind.release(x, targets, 1.0, "l2", make_noise_generator(i)))
+    s = make_strategy(settings)
+    assert isinstance(s, ObjectiveFedAvg) and s.kind is kind
+    fixed = np.ones(3, np.float32)
+    s.current = to_record({FUNCTIONAL_HEAD: np.zeros((k, d), np.float32), "fixed": fixed})
+    msgs = []
+    for i, r in enumerate(rel):
+        weights = {FUNCTIONAL_HEAD: np.zeros((k, d), np.float32), "fixed": fixed}
+        msg = trained(i + 1, 0.0, 100, weights=weights)
+        msg.content[keys.FM_OBJECTIVES] = to_record(r)
+        msgs.append(msg)
+    bad = trained(
+        4, 0.0, 100, weights={FUNCTIONAL_HEAD: np.zeros((k, d), np.float32), "fixed": fixed}
+    )
+    asym = {key: v.copy() for key, v in rel[0].items()}
+    asym["gram"][0, 1] += 1.0
+    bad.content[keys.FM_OBJECTIVES] = to_record(asym)
+    arrays, _ = s.aggregate_train(1, [*msgs, bad])
+    assert arrays is not None
+    b = noise_scale_of(settings)(d, k)
+    assert b == SoftmaxMechanism(1.0).noise_scale(d) == noise_scale_of(settings)(d, 2)
+    expected = solve_softmax([SoftmaxStatistics.from_arrays(r) for r in rel], b)
+    np.testing.assert_allclose(from_record(arrays)[FUNCTIONAL_HEAD], expected, rtol=1e-5, atol=1e-6)
+    outcome = s.rounds[1].outcomes[3]
+    assert outcome.status == "rejected" and "symmetric" in outcome.reason
+
+
+def test_the_weighting_scores_each_head_from_the_expansion_point_every_round() -> None:
+    """A scorer sees w_i - 0, the same every round, not w_i minus the server's solution."""
+    rel = releases(3)
+    s = strategy()
+    seen = []
+    inner = s.weighting
+
+    def capture(r):
+        seen.append([u[FUNCTIONAL_HEAD].copy() for u in r.updates])
+        return inner(r)
+
+    s.weighting = capture
+    msgs = [reply(i + 1, 200, r, head_value=0.5 + i) for i, r in enumerate(rel)]
+    s.aggregate_train(1, msgs)
+    s.current = to_record(
+        {FUNCTIONAL_HEAD: np.full((1, D), 9.0, np.float32), "fixed": np.ones(3, np.float32)}
+    )
+    s.aggregate_train(2, [reply(i + 1, 200, r, head_value=0.5 + i) for i, r in enumerate(rel)])
+    for i in range(3):
+        np.testing.assert_array_equal(seen[0][i], np.full((1, D), 0.5 + i, np.float32))
+        np.testing.assert_array_equal(seen[1][i], seen[0][i])

@@ -29,6 +29,7 @@ from protocol.groups import (
     GROUPS,
     LAUNCH_ONLY,
     AggregationGroup,
+    CentralDpGroup,
     DatasetGroup,
     DeprecatedSettingWarning,
     FederationGroup,
@@ -93,6 +94,7 @@ def test_every_group_is_named_as_it_is_nested() -> None:
         "federation",
         "aggregation",
         "participants",
+        "central_dp",
     }
     for name, cls in GROUPS.items():
         assert cls.NAME == name
@@ -119,6 +121,11 @@ def test_defaults_of_the_groups_are_valid() -> None:
         (AggregationGroup(trim_beta=0.7), "aggregation.trim_beta must be in [0, 0.5), got 0.7"),
         (ParticipantsGroup(noise_rate=2.0), "participants.noise_rate must be in [0, 1], got 2"),
         (ParticipantsGroup(tiny_size=0), "participants.tiny_size must be > 0, got 0"),
+        (CentralDpGroup(mode="x"), "central_dp.mode must be one of ['none', 'fixed', 'adaptive']"),
+        (CentralDpGroup(target_epsilon=-1), "central_dp.target_epsilon must be > 0, got -1"),
+        (CentralDpGroup(delta=1.0), "central_dp.delta must be in (0, 1), got 1"),
+        (CentralDpGroup(target_quantile=1.5), "central_dp.target_quantile must be in (0, 1)"),
+        (CentralDpGroup(clip=0), "central_dp.clip must be > 0, got 0"),
     ],
 )
 def test_group_validate_names_the_setting_and_the_value(group: Any, message: str) -> None:
@@ -366,4 +373,5 @@ def test_group_classes_are_the_exported_ones() -> None:
         "federation": FederationGroup,
         "aggregation": AggregationGroup,
         "participants": ParticipantsGroup,
+        "central_dp": CentralDpGroup,
     }

@@ -166,7 +166,7 @@ def test_stored_release_of_another_configuration_is_refused(tmp_path: Path) -> N
 
 def test_client_app_keeps_the_state_in_node_state() -> None:
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    state = {"plan": {"a": 1.5}, FUNCTIONAL_KEY: {"objectives": [{"alpha": [0.1], "M": [[2.0]]}]}}
+    state = {"plan": {"a": 1.5}, FUNCTIONAL_KEY: {"arrays": {"alpha": [[0.1]], "M": [[[2.0]]]}}}
     _save_state(context, state)
     assert _load_state(context) == state
 
@@ -330,12 +330,12 @@ def test_linear_functional_on_wage_beats_predicting_the_mean() -> None:
     assert mse < 0.85 * float(np.mean((data.y_val - data.y_train.mean()) ** 2))
 
 
-def test_fm_network_one_vs_rest_on_digits_learns() -> None:
+def test_fm_network_softmax_release_on_digits_learns() -> None:
     settings = RunSettings(
         model_name="fm_network",
         model_hidden=64,
         privacy_mode="functional",
-        privacy_target_epsilon=1000.0,  # 1,213 digits, 10 one-vs-rest heads at epsilon/10
+        privacy_target_epsilon=100.0,  # 1,213 digits, one release for the 10 classes
         num_clients=1,
     )
     data = client_data(settings)
@@ -350,12 +350,46 @@ def test_fm_network_one_vs_rest_on_digits_learns() -> None:
 
 
 def test_minimiser_is_the_closed_form_of_the_stored_objective() -> None:
-    from privacy.functional import FunctionalMechanism, QuadraticObjective, default_ridge
+    from privacy.functional import FunctionalMechanism, default_ridge, objectives_from_arrays
 
     state: dict = {}
     result = trainer_for("functional")(make_task(ADULT, 1, MemoryLedgerStore(1e-5), state))
-    objective = QuadraticObjective.from_dict(state[FUNCTIONAL_KEY]["objectives"][0])
+    stored = state[FUNCTIONAL_KEY]["arrays"]
+    objective = objectives_from_arrays({k: np.asarray(v) for k, v in stored.items()})[0]
     mech = FunctionalMechanism(1.0, "logistic", "l2")
     expected = minimise(objective, ridge=default_ridge(mech, ADULT_BOUNDS.dim))
     assert result.weights is not None
     np.testing.assert_allclose(result.weights["head.weight"][0], expected, rtol=1e-6)
+
+
+def test_fm_network_draws_one_softmax_release_per_dataset_for_all_classes(tmp_path) -> None:
+    """One draw, one ledger event (epsilon = the sum of the released parts), reused per round."""
+    from privacy.functional import head_kind
+
+    settings = RunSettings(
+        model_name="fm_network",
+        model_hidden=16,
+        privacy_mode="functional",
+        privacy_target_epsilon=4.0,
+        num_clients=2,
+        num_rounds=3,
+    )
+    data = client_data(settings)
+    store, state = MemoryLedgerStore(1e-5), {}
+    heads = []
+    for rnd in (1, 2, 3):
+        task = make_task(settings, rnd, store, state, state_dir=tmp_path, data=data)
+        result = trainer_for("functional")(task)
+        assert result.weights is not None and result.release is not None
+        heads.append(result.weights["head.weight"])
+    stored = json.loads(functional_file(tmp_path, 0).read_text())
+    assert stored["kind"] == "softmax" and stored["round"] == 1
+    assert set(stored["arrays"]) == {"class_sums", "gram"}  # one release, all 10 classes
+    assert np.asarray(stored["arrays"]["class_sums"]).shape == (10, 17)
+    events = store.ledger.events
+    assert len(events) == 1 and isinstance(events[0], PureDpEvent)
+    assert store.ledger.epsilon() == sum(e.epsilon for e in events) == 4.0
+    np.testing.assert_array_equal(heads[0], heads[2])  # the same release, post-processed
+    arrays = {k: np.asarray(v) for k, v in stored["arrays"].items()}
+    expected = head_kind("softmax").local_head(arrays, 4.0, "l2", np.zeros((10, 17)), 0)
+    np.testing.assert_allclose(heads[0], expected, rtol=1e-5, atol=1e-6)

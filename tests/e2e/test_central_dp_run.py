@@ -1,0 +1,71 @@
+"""End to end: client-level DP (``central_dp=adaptive``) through ``python -m experiments.run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from e2e_cli import run_cli
+
+from privacy import PrivacyLedger
+
+TARGET = 4.0
+
+
+def test_adaptive_central_dp_run_writes_the_server_ledger_within_budget(tmp_path: Path) -> None:
+    res = run_cli(
+        tmp_path,
+        "dataset=digits",
+        "privacy=none",
+        "central_dp=adaptive",
+        f"central_dp.target_epsilon={TARGET:g}",
+        "central_dp.count_stddev_fraction=0.2",  # 10 expected clients a round: m/20 is too small
+        "federation.num_clients=50",
+        "federation.fraction_train=0.2",
+        "federation.rounds=3",
+        "federation.batch_size=16",
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "central_dp=adaptive (client-level epsilon 4, delta 1e-05" in res.stdout
+    assert "round   3/3" in res.stdout and "| client-level epsilon " in res.stdout
+    assert ", client-level epsilon " in next(x for x in res.stdout.splitlines() if "done:" in x)
+    ledger_file = json.loads((tmp_path / "ledgers" / "server.json").read_text())
+    assert ledger_file["unit"] == "client" and ledger_file["plan"]["clipping"] == "adaptive"
+    ledger = PrivacyLedger.from_dict(ledger_file)
+    assert [e.round for e in ledger.events] == [1, 2, 3]
+    assert {e.sample_rate for e in ledger.events} == {0.2}
+
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    eps = metrics["client_level_epsilon"].iloc[1:].to_numpy()
+    assert 0 < eps[0] < eps[1] < eps[2] <= TARGET
+    assert eps[2] == pytest.approx(ledger.epsilon(), rel=1e-9)
+    assert (metrics["clip_norm"].iloc[1:] > 0).all()
+    assert not metrics["kept_previous_model"].iloc[1:].astype(bool).any()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["client_level_epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
+    assert summary["rounds"] == 3
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    per_round = clients[clients["status"] == "trained"].groupby("round").size()
+    assert per_round.sum() > 0  # Poisson-sampled: about 10 a round, not a fixed count
+    weights = clients.loc[clients["status"] == "trained", "weight"].to_numpy()
+    assert np.allclose(weights, 0.1)  # 1 over the expected clients, not by example count
+
+
+def test_bad_central_dp_input_fails_before_any_process_starts(tmp_path: Path) -> None:
+    res = run_cli(
+        tmp_path,
+        "central_dp=adaptive",
+        "privacy=none",
+        "federation.num_clients=50",
+        "federation.fraction_train=0.2",
+        "federation.batch_size=16",
+        "central_dp.count_stddev_fraction=0.01",
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "central_dp.count_stddev_fraction=0.01 gives" in res.stderr
+    assert not (tmp_path / "superlink.log").exists()
