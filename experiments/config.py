@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from privacy import get_mode
 from privacy.accounting import check_accountant
 from privacy.central import plan_central
+from privacy.functional.heads import head_kind
 from protocol.settings import RunSettings
 from reliability import make_scorer
 from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
@@ -103,6 +104,15 @@ def check_data(settings: RunSettings) -> DataCheck:
             f"privacy.mode={mode.name!r} supports model.name in "
             f"{sorted(models_with(mode.model_capability))}, got {settings.model_name!r}"
         )
+    objective = model_info(settings.model_name).objective
+    if mode.model_capability == "objective" and objective:
+        honoured = head_kind(objective).bounds  # the softmax head has one derived bound
+        if settings.privacy_functional_bound not in honoured:
+            raise ValueError(
+                f"privacy.functional_bound must be one of {list(honoured)} for model.name="
+                f"{settings.model_name!r} (its {objective} head), got "
+                f"{settings.privacy_functional_bound!r}"
+            )
     scorer = make_scorer(settings.aggregation_scorer)
     if (
         settings.aggregation_strategy == "scorer"

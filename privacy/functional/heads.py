@@ -33,7 +33,7 @@ from privacy.functional.aggregate import (
     release_shapes,
     solve_summed,
 )
-from privacy.functional.mechanism import default_ridge, head_mechanism
+from privacy.functional.mechanism import SENSITIVITY_BOUNDS, default_ridge, head_mechanism
 from privacy.functional.objective import gradient_steps, minimise, stabilise
 from privacy.functional.softmax import (
     SoftmaxMechanism,
@@ -60,6 +60,8 @@ class HeadKind:
     """Interface of a registered head kind (see the module docstring)."""
 
     name: str = ""
+    bounds: tuple[str, ...] = ("l2",)
+    """The sensitivity bounds (``privacy.functional_bound``) this kind honours."""
 
     def shapes(self, outputs: int, dim: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the arrays of one release."""
@@ -132,6 +134,7 @@ class RowObjectives(HeadKind):
     """
 
     name: str = "logistic"
+    bounds: tuple[str, ...] = SENSITIVITY_BOUNDS
 
     def shapes(self, outputs: int, dim: int) -> dict[str, tuple[int, ...]]:
         """See :meth:`HeadKind.shapes`."""

@@ -393,3 +393,18 @@ def test_fm_network_draws_one_softmax_release_per_dataset_for_all_classes(tmp_pa
     arrays = {k: np.asarray(v) for k, v in stored["arrays"].items()}
     expected = head_kind("softmax").local_head(arrays, 4.0, "l2", np.zeros((10, 17)), 0)
     np.testing.assert_allclose(heads[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bound_the_softmax_head_does_not_honour_is_refused_up_front() -> None:
+    net = RunSettings(
+        dataset_name="digits",
+        model_name="fm_network",
+        privacy_mode="functional",
+        num_clients=3,
+        privacy_functional_bound="paper",
+    )
+    with pytest.raises(ValueError, match=r"privacy\.functional_bound must be one of \['l2'\].*"):
+        check_data(net)
+    check_data(dataclasses.replace(net, privacy_functional_bound="l2"))
+    # row objectives honour both bounds
+    check_data(dataclasses.replace(ADULT, privacy_functional_bound="paper"))
