@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's convention
 from torch import nn
 
+from protocol.atomic import write_with
 from tasks.data.registry import DatasetSpec, cache_dir, load_dataset
 
 EXTRACTOR_VERSION = 1
@@ -112,17 +113,19 @@ def public_extractor_state(dataset: str, dim: int) -> dict[str, np.ndarray] | No
     if bundle.x_public is None or bundle.y_public is None:
         return None
     _check_images(bundle.input_shape, dataset)
-    digest = hashlib.sha256(np.ascontiguousarray(bundle.x_public[:512]).tobytes()).hexdigest()[:12]
+    digest = hashlib.sha256(np.ascontiguousarray(bundle.x_public).tobytes()).hexdigest()[:12]
     path = cache_dir() / f"fm-extractor-v{EXTRACTOR_VERSION}-{dataset}-d{dim}-{digest}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as stored:
             return {k: stored[k] for k in stored.files}
     state = train_public_extractor(bundle.x_public, bundle.y_public, bundle.num_classes, dim)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    with tmp.open("wb") as handle:
-        np.savez(handle, **state)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: _savez(tmp, state))
     return state
+
+
+def _savez(path: Path, state: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as handle:  # a handle: numpy.savez would append ".npz" to a path
+        np.savez(handle, **state)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
 def _buffer(module: nn.Module, name: str, value: np.ndarray) -> None:
