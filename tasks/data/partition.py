@@ -78,18 +78,44 @@ def _pathological(p: PartitionSpec) -> object:
     )
 
 
-def partition_indices(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
+@register_partitioner("natural")
+def _natural(p: PartitionSpec) -> object:
+    """One partition per owner of the rows (flwr-datasets' ``NaturalIdPartitioner``)."""
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    return NaturalIdPartitioner(partition_by="owner")
+
+
+NATURAL = "natural"
+"""The partitioner of naturally federated data: ``whose row is it``, one client per owner."""
+
+
+def partition_indices(
+    labels: np.ndarray, spec: PartitionSpec, owners: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Row indices of each partition, deterministic from ``spec.seed``.
+
+    ``owners`` (the owner of each row, :attr:`DataBundle.owner_train`) is what the
+    ``natural`` partitioner splits by: it returns one partition per owner, in the owners'
+    order, whatever ``spec.num_partitions`` (a federation may train with the first few).
 
     Raises
     ------
     ValueError
-        For an unknown partitioner, or one that cannot make ``num_partitions`` partitions.
+        For an unknown partitioner, one that cannot make ``num_partitions`` partitions, or
+        ``natural`` on a dataset without owners.
     """
     if spec.method not in PARTITIONERS:
         raise ValueError(
             f"federation.partitioner must be one of {sorted(PARTITIONERS)}, got {spec.method!r}"
         )
+    if spec.method == NATURAL:
+        if owners is None:
+            raise ValueError(
+                "federation.partitioner='natural' needs a naturally federated dataset (one "
+                "whose rows have owners: dataset=watch, dataset=table), this one has none"
+            )
+        return _natural_parts(owners, spec)
     if spec.num_partitions > len(labels):
         raise ValueError(
             f"federation.num_clients must be <= the {len(labels)} training examples, "
@@ -116,6 +142,21 @@ def partition_indices(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarra
         order = np.random.default_rng(spec.seed).permutation(len(labels))
         parts = [np.sort(order[p]) for p in parts]
     return parts
+
+
+def _natural_parts(owners: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
+    import datasets
+
+    table = datasets.Dataset.from_dict(
+        {"owner": owners.astype(np.int64), "row": np.arange(len(owners), dtype=np.int64)}
+    )
+    partitioner = PARTITIONERS[NATURAL](spec)
+    partitioner.dataset = table  # type: ignore[attr-defined]
+    count = int(partitioner.num_partitions)  # type: ignore[attr-defined]
+    return [
+        np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64))  # type: ignore[attr-defined]
+        for i in range(count)
+    ]
 
 
 @dataclass(frozen=True)
@@ -156,9 +197,42 @@ def holdout_split(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 @functools.lru_cache(maxsize=2)
 def _cached_partitions(dspec: DatasetSpec, pspec: PartitionSpec) -> tuple[np.ndarray, ...]:
-    labels = load_dataset(dspec).y_train
+    bundle = load_dataset(dspec)
+    labels = bundle.y_train
     pool, _ = holdout_split(len(labels), pspec.server_holdout, pspec.seed)
-    return tuple(pool[idx] for idx in partition_indices(labels[pool], pspec))
+    owners = None if bundle.owner_train is None else bundle.owner_train[pool]
+    return tuple(pool[idx] for idx in partition_indices(labels[pool], pspec, owners))
+
+
+def split_client(
+    bundle: DataBundle, indices: np.ndarray, val_fraction: float, seed: int, partition_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A client's (train, validation) rows.
+
+    The dataset's own split where it declares one (:attr:`DataBundle.val_train`, by series),
+    else :func:`split_train_val`.
+    """
+    if bundle.val_train is not None:
+        held = bundle.val_train[indices]
+        return np.sort(indices[~held]), np.sort(indices[held])
+    return split_train_val(indices, val_fraction, seed, partition_id)
+
+
+def client_test(bundle: DataBundle, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A client's own test part ``(x, y)`` under the ``natural`` partition (owner = client).
+
+    Raises
+    ------
+    ValueError
+        For a dataset without owners (its test split is the server's, not a client's).
+    """
+    if bundle.owner_test is None:
+        raise ValueError(
+            f"dataset.name={bundle.name!r} has no per-client test parts (only naturally "
+            "federated datasets do: dataset=watch, dataset=table)"
+        )
+    rows = bundle.owner_test == partition_id
+    return bundle.x_test[rows], bundle.y_test[rows]
 
 
 def server_indices(dspec: DatasetSpec, pspec: PartitionSpec) -> np.ndarray:
@@ -180,7 +254,7 @@ def load_client_data(
         raise ValueError(f"partition-id must be in [0, {pspec.num_partitions}), got {partition_id}")
     bundle: DataBundle = load_dataset(dspec)
     indices = client_partitions(dspec, pspec)[partition_id]
-    train, val = split_train_val(indices, val_fraction, pspec.seed, partition_id)
+    train, val = split_client(bundle, indices, val_fraction, pspec.seed, partition_id)
     return ClientData(
         bundle.x_train[train],
         bundle.y_train[train],
@@ -201,6 +275,14 @@ def specs_from_settings(
         settings.dataset_hf_name,
         settings.dataset_feature_key,
         settings.dataset_label_key,
+        settings.dataset_path,
+        settings.dataset_label,
+        settings.dataset_partition_by,
+        settings.dataset_features,
+        settings.dataset_task,
+        settings.dataset_bounds,
+        settings.dataset_normalization,
+        settings.dataset_test_fraction,
     )
     pspec = PartitionSpec(
         settings.partitioner,

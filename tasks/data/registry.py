@@ -47,31 +47,73 @@ class DataBundle:
     num_classes: int
     x_public: np.ndarray | None = None
     y_public: np.ndarray | None = None
+    owner_train: np.ndarray | None = None
+    """Naturally federated data (``watch``, ``table``): the owner (0 .. owners - 1) of each
+    training row; the ``natural`` partitioner gives each owner its own client. ``None`` for
+    pooled datasets, which the synthetic partitioners split."""
+    owner_test: np.ndarray | None = None
+    """The owner of each test row: an owner's test part is its own, never pooled for
+    training; the server's test split is the union of the owners' test parts."""
+    owner_names: tuple[str, ...] | None = None
+    """What owner ``i`` is called in the data (a subject number, a hospital id), for messages."""
+    val_train: np.ndarray | None = None
+    """Boolean mask over the training rows the dataset itself assigns to validation (the
+    ``watch`` series held out for it); ``None``: ``federation.val_fraction`` of each client's
+    rows, drawn by seed."""
+
+    @property
+    def owners(self) -> int:
+        """Number of owners (0 for a pooled dataset)."""
+        return 0 if self.owner_train is None else int(self.owner_train.max()) + 1
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a source needs: a name, and for Hugging Face the hub name and column keys."""
+    """What a source needs: a name, and the options of the sources that take any.
+
+    For Hugging Face the hub name and column keys; for ``table`` the user's file and how to
+    read it (:mod:`tasks.data.table`).
+    """
 
     name: str
     seed: int = 0
     hf_name: str = ""
     feature_key: str = "image"
     label_key: str = "label"
+    path: str = ""
+    label: str = ""
+    partition_by: str = ""
+    features: str = ""
+    task: str = "classification"
+    bounds: str = ""
+    normalization: str = "client"
+    test_fraction: float = 0.2
 
 
 Loader = Callable[[DatasetSpec], DataBundle]
 DATASETS: dict[str, Loader] = {}
+NATURAL_DATASETS: set[str] = set()
+"""Datasets whose rows have owners (:attr:`DataBundle.owner_train`): one client per owner."""
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Register a loader under ``name`` (``dataset.name`` in the config)."""
+def register_dataset(name: str, *, natural: bool = False) -> Callable[[Loader], Loader]:
+    """Register a loader under ``name`` (``dataset.name`` in the config).
+
+    ``natural``: the loader returns owners, and a run partitions by them (``natural``).
+    """
 
     def deco(fn: Loader) -> Loader:
         DATASETS[name] = fn
+        if natural:
+            NATURAL_DATASETS.add(name)
         return fn
 
     return deco
+
+
+def is_natural(name: str) -> bool:
+    """Whether dataset ``name`` is naturally federated (one client per owner of its rows)."""
+    return name in NATURAL_DATASETS
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""The model zoo: softmax regression, an MLP and two small CNNs, registered by name.
+"""The model zoo: softmax regression, an MLP, two small CNNs and a 1-D CNN, registered by name.
 
 No BatchNorm (per-sample gradients need layers that treat samples independently); the CNNs
 use GroupNorm, as Opacus recommends.
@@ -81,6 +81,34 @@ def _dpcnn(spec: ModelSpec) -> nn.Module:
         nn.MaxPool2d(2, 1),
         nn.Flatten(),
         nn.Linear(32 * side(height) * side(width), spec.hidden),
+        nn.Tanh(),
+        nn.Linear(spec.hidden, spec.num_classes),
+    )
+
+
+@register_model("cnn1d")
+def _cnn1d(spec: ModelSpec) -> nn.Module:
+    """A small 1-D CNN for sensor windows, input ``(channels, samples)``.
+
+    Two convolution blocks with GroupNorm (Opacus-compatible: no BatchNorm) and tanh, a
+    global average over time, then ``model.hidden`` units and the classes. An input of more
+    dimensions, ``(channels, h, w)``, is read as ``channels`` sequences of ``h * w`` samples.
+    """
+    channels, length = spec.input_shape[0], int(np.prod(spec.input_shape[1:]))
+    if length < 8:
+        raise ValueError(f"model.name='cnn1d' needs at least 8 samples, got {spec.input_shape}")
+    return nn.Sequential(
+        nn.Flatten(start_dim=2),
+        nn.Conv1d(channels, 32, 7, padding=3),
+        nn.GroupNorm(4, 32),
+        nn.Tanh(),
+        nn.MaxPool1d(2),
+        nn.Conv1d(32, 32, 5, padding=2),
+        nn.GroupNorm(4, 32),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(32, spec.hidden),
         nn.Tanh(),
         nn.Linear(spec.hidden, spec.num_classes),
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 
 from experiments.processes.launcher import processes_in_home, stop_process_tree
@@ -42,3 +45,52 @@ def run_experiments(
                 names.append(f"pid {proc.pid}")
             stop_process_tree(proc, grace=5)
         assert not leftovers, f"processes left running: {names}"
+
+
+def rounds_in(path: Path) -> list[int]:
+    """The rounds ``metrics.csv`` holds so far (none while it is missing or half written)."""
+    try:
+        return [int(r) for r in pd.read_csv(path)["round"]]
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, KeyError):
+        return []
+
+
+def kill_tree(proc: subprocess.Popen[str], home: Path) -> None:
+    """SIGKILL ``proc`` and everything it started (as a crash would), by PID."""
+    try:
+        root = psutil.Process(proc.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family + processes_in_home(home):
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
+    proc.wait(timeout=10)
+
+
+def run_killed_after(out: Path, kill_round: int, *overrides: str, timeout: float = 540) -> None:
+    """Start a run into ``out`` and SIGKILL it once ``kill_round`` is in ``metrics.csv``."""
+    log = open(out.parent / f"{out.name}-first.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", f"hydra.run.dir={out}", *overrides],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while kill_round not in rounds_in(out / "metrics.csv"):
+            assert proc.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, f"round {kill_round} did not finish in time"
+            time.sleep(0.2)
+        kill_tree(proc, out)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc, out)
+        for p in processes_in_home(out):
+            stop_process_tree(p, grace=2)
+        log.close()

@@ -8,27 +8,49 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from e2e_cli import run_cli
+from e2e_cli import run_cli, run_killed_after
 
 from privacy import PrivacyLedger
 
 TARGET = 4.0
 
 
-def test_adaptive_central_dp_run_writes_the_server_ledger_within_budget(tmp_path: Path) -> None:
-    res = run_cli(
-        tmp_path,
-        "dataset=digits",
-        "privacy=none",
-        "central_dp=adaptive",
-        f"central_dp.target_epsilon={TARGET:g}",
-        "central_dp.count_stddev_fraction=0.2",  # 10 expected clients a round: m/20 is too small
-        "federation.num_clients=50",
-        "federation.fraction_train=0.2",
-        "federation.rounds=3",
-        "federation.batch_size=16",
-        timeout=400,
+ARGS = (
+    "dataset=digits",
+    "privacy=none",
+    "central_dp=adaptive",
+    f"central_dp.target_epsilon={TARGET:g}",
+    "central_dp.count_stddev_fraction=0.2",  # 10 expected clients a round: m/20 is too small
+    "federation.num_clients=50",
+    "federation.fraction_train=0.2",
+    "federation.rounds=3",
+    "federation.batch_size=16",
+)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A central-DP run SIGKILLed after round 2 of 3, then resumed from its directory."""
+    out = tmp_path_factory.mktemp("central-dp-run")
+    run_killed_after(out, 2, *ARGS)
+    before = PrivacyLedger.from_dict(json.loads((out / "ledgers" / "server.json").read_text()))
+    res = run_cli(out, f"resume={out}", timeout=400)
+    return {"out": out, "before": before, "res": res}
+
+
+def test_resume_continues_the_server_ledger(resumed: dict) -> None:
+    before = resumed["before"]
+    rounds = [e.round for e in before.events]
+    assert rounds[:2] == [1, 2] and len(rounds) in (2, 3)  # killed after round 2 was written
+    ledger = PrivacyLedger.from_dict(
+        json.loads((resumed["out"] / "ledgers" / "server.json").read_text())
     )
+    assert [e.round for e in ledger.events] == [1, 2, 3]  # continued, none twice
+    assert ledger.events[:2] == before.events[:2]  # the released rounds are kept as they were
+
+
+def test_adaptive_central_dp_run_writes_the_server_ledger_within_budget(resumed: dict) -> None:
+    tmp_path, res = resumed["out"], resumed["res"]
     assert res.returncode == 0, res.stdout + res.stderr
     assert "central_dp=adaptive (client-level epsilon 4, delta 1e-05" in res.stdout
     assert "round   3/3" in res.stdout and "| client-level epsilon " in res.stdout

@@ -10,21 +10,13 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from e2e_cli import REPO
+from e2e_cli import REPO, rounds_in
 
 from experiments.local_deployment import LocalDeployment
 from experiments.processes.launcher import processes_in_home, stop_process_tree
-
-
-def _rounds_in(path: Path) -> list[int]:
-    try:
-        return [int(r) for r in pd.read_csv(path)["round"]]
-    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, KeyError):
-        return []
 
 
 def test_server_killed_after_round_2_of_4_resumes_on_the_same_nodes(
@@ -58,7 +50,7 @@ def test_server_killed_after_round_2_of_4_resumes_on_the_same_nodes(
             )
             try:
                 deadline = time.monotonic() + 900
-                while 2 not in _rounds_in(out / "metrics.csv"):
+                while 2 not in rounds_in(out / "metrics.csv"):
                     assert proc.poll() is None, (root / "first.log").read_text()
                     assert time.monotonic() < deadline, "round 2 did not finish in time"
                     time.sleep(0.2)
@@ -66,7 +58,7 @@ def test_server_killed_after_round_2_of_4_resumes_on_the_same_nodes(
             finally:
                 stop_process_tree(proc, grace=0)
                 log.close()
-            assert _rounds_in(out / "metrics.csv")[-1] in (2, 3)
+            assert rounds_in(out / "metrics.csv")[-1] in (2, 3)
             dep.superlink.start()
             res = subprocess.run(
                 [sys.executable, "-m", "experiments.run", f"resume={out}"],
@@ -82,7 +74,7 @@ def test_server_killed_after_round_2_of_4_resumes_on_the_same_nodes(
         for p in leftovers:
             stop_process_tree(p, grace=5)
         assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
-    assert _rounds_in(out / "metrics.csv") == [0, 1, 2, 3, 4]
+    assert rounds_in(out / "metrics.csv") == [0, 1, 2, 3, 4]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 4
     clients = pd.read_csv(out / "clients.csv")

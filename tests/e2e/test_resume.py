@@ -8,78 +8,20 @@ resumed from its run directory; every process is stopped by PID in the finalizer
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
-from e2e_cli import REPO, run_cli
-
-from experiments.processes.launcher import processes_in_home, stop_process_tree
+from e2e_cli import run_cli, run_killed_after
 
 TARGET = 3.0
 BASE = ["dataset=digits", "privacy=dpsgd", f"privacy.target_epsilon={TARGET:g}"]
 
 
-def _rounds_in(path: Path) -> list[int]:
-    try:
-        return [int(r) for r in pd.read_csv(path)["round"]]
-    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, KeyError):
-        return []
-
-
-def _kill_tree(proc: subprocess.Popen[str], home: Path) -> None:
-    """SIGKILL the run and everything it started (as a crash would), by PID."""
-    try:
-        root = psutil.Process(proc.pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family + processes_in_home(home):
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=10)
-    proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("resume-run")
-    log = open(out.parent / "first.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "experiments.run",
-            f"hydra.run.dir={out}",
-            *BASE,
-            "federation.num_clients=3",
-            "federation.rounds=4",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 540
-        while 2 not in _rounds_in(out / "metrics.csv"):
-            assert proc.poll() is None, (out.parent / "first.log").read_text()
-            assert time.monotonic() < deadline, "round 2 did not finish in time"
-            time.sleep(0.2)
-        _kill_tree(proc, out)
-    finally:
-        if proc.poll() is None:
-            _kill_tree(proc, out)
-        for p in processes_in_home(out):
-            stop_process_tree(p, grace=2)
-        log.close()
+    run_killed_after(out, 2, *BASE, "federation.num_clients=3", "federation.rounds=4")
     checkpoint = json.loads((out / "checkpoint" / "checkpoint.json").read_text())
     before = {
         "metrics": pd.read_csv(out / "metrics.csv"),

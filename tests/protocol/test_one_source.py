@@ -36,6 +36,7 @@ from protocol.groups import (
     FedPrivConf,
     ModelGroup,
     ParticipantsGroup,
+    PersonalizationGroup,
     PrivacyGroup,
     default_of,
     setting_field,
@@ -95,6 +96,7 @@ def test_every_group_is_named_as_it_is_nested() -> None:
         "aggregation",
         "participants",
         "central_dp",
+        "personalization",
     }
     for name, cls in GROUPS.items():
         assert cls.NAME == name
@@ -126,6 +128,12 @@ def test_defaults_of_the_groups_are_valid() -> None:
         (CentralDpGroup(delta=1.0), "central_dp.delta must be in (0, 1), got 1"),
         (CentralDpGroup(target_quantile=1.5), "central_dp.target_quantile must be in (0, 1)"),
         (CentralDpGroup(clip=0), "central_dp.clip must be > 0, got 0"),
+        (PersonalizationGroup(epochs=0), "personalization.epochs must be > 0, got 0"),
+        (PersonalizationGroup(epochs=-3), "personalization.epochs must be > 0, got -3"),
+        (PersonalizationGroup(mode="x"), "personalization.mode must be one of ['none', 'fin"),
+        (PersonalizationGroup(learning_rate=0), "personalization.learning_rate must be > 0"),
+        (DatasetGroup(task="ranking"), "dataset.task must be one of ['classification', 're"),
+        (DatasetGroup(normalization="pooled"), "dataset.normalization must be one of"),
     ],
 )
 def test_group_validate_names_the_setting_and_the_value(group: Any, message: str) -> None:
@@ -374,4 +382,5 @@ def test_group_classes_are_the_exported_ones() -> None:
         "aggregation": AggregationGroup,
         "participants": ParticipantsGroup,
         "central_dp": CentralDpGroup,
+        "personalization": PersonalizationGroup,
     }

@@ -9,13 +9,22 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from tasks.data import DATASETS, PUBLIC_BOUNDS, DatasetSpec, load_dataset, public_bounds
+from tasks.data import (
+    DATASETS,
+    PUBLIC_BOUNDS,
+    DatasetSpec,
+    is_natural,
+    load_dataset,
+    public_bounds,
+)
 from tasks.models import MODELS, ModelSpec, build_model, model_info
 from tasks.models.functional import FUNCTIONAL_HEAD, FunctionalModel
 
 ONLINE_ONLY = {"huggingface"}
 """Sources that need the internet (the hub); their offline path is tested in test_tasks."""
-OFFLINE = sorted(set(DATASETS) - ONLINE_ONLY)
+USER_FILE = {"table"}
+"""Sources that read the user's own file (tested with one in tests/tasks/data/test_table.py)."""
+OFFLINE = sorted(set(DATASETS) - ONLINE_ONLY - USER_FILE)
 
 
 @pytest.mark.parametrize("name", OFFLINE)
@@ -33,6 +42,14 @@ def test_every_dataset_keeps_the_bundle_contract(name: str) -> None:
         assert labels.min() >= 0 and labels.max() < b.num_classes
     if name in PUBLIC_BOUNDS:  # declared bounds fit the records' width
         assert len(public_bounds(name).features.names) == int(np.prod(b.input_shape))
+    if is_natural(name):  # every row has an owner, every owner has training and test rows
+        assert b.owner_train is not None and b.owner_test is not None
+        assert len(b.owner_train) == len(b.y_train) and len(b.owner_test) == len(b.y_test)
+        assert set(b.owner_train) == set(b.owner_test) == set(range(b.owners))
+    else:
+        assert b.owner_train is None and b.owner_test is None
+    if b.val_train is not None:
+        assert b.val_train.dtype == bool and len(b.val_train) == len(b.y_train)
 
 
 def _build_on_first_fitting(name: str) -> tuple[torch.nn.Module, ModelSpec]:

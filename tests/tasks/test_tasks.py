@@ -235,7 +235,7 @@ SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 
 
 @pytest.mark.parametrize("shape_name", sorted(SHAPES))
-@pytest.mark.parametrize("name", ["softmax", "mlp", "cnn"])
+@pytest.mark.parametrize("name", ["softmax", "mlp", "cnn", "cnn1d"])
 def test_model_shapes_and_opacus_compatibility(name: str, shape_name: str) -> None:
     shape = SHAPES[shape_name]
     model = build_model(ModelSpec(name, shape, 10, hidden=16), seed=0)
@@ -245,7 +245,16 @@ def test_model_shapes_and_opacus_compatibility(name: str, shape_name: str) -> No
 
 
 def test_all_registered_models_are_tested() -> None:
-    assert set(MODELS) == {"softmax", "mlp", "cnn", "dpcnn", "logistic", "linear", "fm_network"}
+    assert set(MODELS) == {
+        "softmax",
+        "mlp",
+        "cnn",
+        "dpcnn",
+        "cnn1d",
+        "logistic",
+        "linear",
+        "fm_network",
+    }
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 14, 14)])
