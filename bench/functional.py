@@ -143,7 +143,7 @@ def check_sizes(settings: RunSettings, sizes: list[int]) -> None:
     if settings.batch_size > smallest:
         raise ValueError(f"batch_size {settings.batch_size} > smallest client's {smallest}")
     mode = get_mode(settings.privacy_mode)
-    if mode.spends_delta and settings.privacy_delta >= 1.0 / smallest:
+    if mode.delta_spent(settings) and settings.privacy_delta >= 1.0 / smallest:
         raise ValueError(f"delta {settings.privacy_delta:g} not below 1/{smallest}")
     mode.check(settings, sizes)  # DP-SGD: the budget is certifiable for every client
 

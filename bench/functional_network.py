@@ -2,6 +2,8 @@
 
     python bench/functional_network.py              # the full table (about 15 min, 2 CPUs)
     python bench/functional_network.py --quick      # 1 seed, epsilons 1 and 4
+    python bench/functional_network.py --noise gaussian --fm-only --no-crossover
+                                                    # the (epsilon, delta) Gaussian release
 
 What it measures, per epsilon and seed (10 IID clients holding MNIST's 50,000 official
 training images; accuracy on the 10,000 test images, which nothing here tunes on):
@@ -24,7 +26,10 @@ training images; accuracy on the 10,000 test images, which nothing here tunes on
 The public extractor is trained on the 10,000 public validation images only
 (:mod:`tasks.models.extractor`). DP-SGD with ``dpcnn`` end to end is not run here (about 7
 minutes per federation on this machine's two CPUs); see docs/benchmarks.md for its figures.
-Writes ``functional_network_results.csv`` beside this script.
+Writes ``functional_network_results.csv`` beside this script (``--noise gaussian``:
+``functional_network_gaussian_results.csv``, the analytic Gaussian release at delta 1e-5,
+:mod:`privacy.functional.noise`; ``--fm-only`` skips the SGD baselines, which do not depend on
+the functional mechanism's noise).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from privacy import make_generator, make_private, plan_dpsgd  # noqa: E402
 from privacy.functional import head_kind  # noqa: E402
 from privacy.laplace import SecureSource  # noqa: E402
+from privacy.ledger import PrivacyLedger  # noqa: E402
 from reliability import aggregation_weights, make_scorer  # noqa: E402
 from reliability.types import RoundInput  # noqa: E402
 from tasks.data.registry import DatasetSpec, load_dataset  # noqa: E402
@@ -61,6 +67,9 @@ CLIP = 1.0
 FLIPPED = 3
 SCORERS = ("median_agreement", "output_agreement")
 OUT = Path(__file__).with_name("functional_network_results.csv")
+OUT_GAUSSIAN = Path(__file__).with_name("functional_network_gaussian_results.csv")
+NOISE = "laplace"
+"""``privacy.functional_noise`` of the releases (``--noise``)."""
 
 
 def features(model: FunctionalModel, x: np.ndarray, chunk: int = 5000) -> np.ndarray:
@@ -88,7 +97,9 @@ def fm_releases(
         if epsilon is None:
             arrays = kind.release(x[p], targets, 1e9, "l2", SecureSource())  # noise ~ 1e-8
         else:
-            arrays = kind.release(x[p], targets, epsilon, "l2", SecureSource())
+            arrays = kind.release(
+                x[p], targets, epsilon, "l2", SecureSource(), noise=NOISE, delta=DELTA
+            )
         out.append(arrays)
     return out
 
@@ -97,7 +108,8 @@ def fm_solve(releases: list[dict[str, np.ndarray]], epsilon: float, weights=None
     kind = head_kind("softmax")
     d = releases[0]["gram"].shape[0]
     a = np.ones(len(releases)) if weights is None else np.asarray(weights)
-    return kind.solve(releases, kind.noise_scale(epsilon, "l2", d, 10), a)
+    scale = kind.noise_scale(epsilon, "l2", d, 10, noise=NOISE, delta=DELTA)
+    return kind.solve(releases, scale, a)
 
 
 def sgd_fedavg(
@@ -176,7 +188,10 @@ def tune_dpsgd(x_pub_tr, y_pub_tr, x_pub_va, y_pub_va, seed: int) -> tuple[float
 def local_heads(releases: list[dict[str, np.ndarray]], epsilon: float) -> list[np.ndarray]:
     kind = head_kind("softmax")
     d = releases[0]["gram"].shape[0]
-    return [kind.local_head(r, epsilon, "l2", np.zeros((10, d)), 0) for r in releases]
+    return [
+        kind.local_head(r, epsilon, "l2", np.zeros((10, d)), 0, noise=NOISE, delta=DELTA)
+        for r in releases
+    ]
 
 
 def scored_weights(heads: list[np.ndarray], sizes: list[int], scorer: str) -> np.ndarray:
@@ -240,15 +255,24 @@ def std_acc(rows: list[Row], method: str, eps: float | None) -> float:
 
 
 def crossover(
-    rows: list[Row], x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray, lr: float
+    rows: list[Row],
+    x: np.ndarray,
+    y: np.ndarray,
+    xt: np.ndarray,
+    yt: np.ndarray,
+    lr: float,
+    dpsgd: bool = True,
 ) -> None:
-    """Where the functional mechanism is ahead: few records per client, many DP-SGD rounds."""
+    """Where the functional mechanism is ahead: few records per client, many DP-SGD rounds.
+
+    ``dpsgd=False`` (``--fm-only``): the functional mechanism's rows only.
+    """
     for n in (50, 200, 1000):
         parts = [p[:n] for p in partition(len(y), 2000 + n)]
         for eps in (0.5, 1.0, 4.0):
             fm = accuracy(fm_solve(fm_releases(x, y, parts, eps), eps), xt, yt)
             rows.append({"method": "fm", "epsilon": eps, "seed": 0, "accuracy": fm, "records": n})
-            for rounds in (3, 20):
+            for rounds in (3, 20) if dpsgd else ():
                 head = sgd_fedavg(x, y, parts, epsilon=eps, lr=lr, rounds=rounds)
                 acc = accuracy(head, xt, yt)
                 rows.append(
@@ -270,7 +294,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epsilons", default="0.5,1,2,4,8")
     ap.add_argument("--no-crossover", action="store_true", help="skip the records/rounds sweep")
+    ap.add_argument("--noise", choices=("laplace", "gaussian"), default="laplace")
+    ap.add_argument("--fm-only", action="store_true", help="skip the SGD baselines")
     args = ap.parse_args()
+    global NOISE
+    NOISE = args.noise
+    out = OUT if NOISE == "laplace" else OUT_GAUSSIAN
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     torch.set_num_threads(2)
     seeds = 1 if args.quick else args.seeds
@@ -286,8 +315,10 @@ def main() -> None:
     y_tr, y_te, y_pub = bundle.y_train, bundle.y_test, bundle.y_public
     print(f"public extractor and features: {time.perf_counter() - t0:.0f} s, d = {x_tr.shape[1]}")
 
-    lr, rounds = tune_dpsgd(x_pub[:8000], y_pub[:8000], x_pub[8000:], y_pub[8000:], seed=0)
-    print(f"dpsgd_head: lr {lr:g}, {rounds} rounds (chosen on public images at epsilon 1)")
+    lr, rounds = 0.0, 0
+    if not args.fm_only:
+        lr, rounds = tune_dpsgd(x_pub[:8000], y_pub[:8000], x_pub[8000:], y_pub[8000:], seed=0)
+        print(f"dpsgd_head: lr {lr:g}, {rounds} rounds (chosen on public images at epsilon 1)")
 
     rows: list[Row] = []
 
@@ -300,19 +331,22 @@ def main() -> None:
         sizes = [len(p) for p in parts]
         exact = fm_releases(x_tr, y_tr, parts, None)
         add("ceiling", None, seed, accuracy(fm_solve(exact, 1e9), x_te, y_te), records=n_full)
-        plain = sgd_fedavg(x_tr, y_tr, parts, epsilon=None, lr=lr, rounds=rounds)
-        add("none_head", None, seed, accuracy(plain, x_te, y_te), records=n_full, rounds=rounds)
+        if not args.fm_only:
+            plain = sgd_fedavg(x_tr, y_tr, parts, epsilon=None, lr=lr, rounds=rounds)
+            acc = accuracy(plain, x_te, y_te)
+            add("none_head", None, seed, acc, records=n_full, rounds=rounds)
         flipped_y = y_tr.copy()
         bad = np.concatenate(parts[:FLIPPED])
         flipped_y[bad] = 9 - flipped_y[bad]
         for eps in epsilons:
             clean = accuracy(fm_solve(fm_releases(x_tr, y_tr, parts, eps), eps), x_te, y_te)
             add("fm", eps, seed, clean, records=n_full)
-            t = time.perf_counter()
-            head = sgd_fedavg(x_tr, y_tr, parts, epsilon=eps, lr=lr, rounds=rounds)
-            seconds = round(time.perf_counter() - t, 1)
-            acc = accuracy(head, x_te, y_te)
-            add("dpsgd_head", eps, seed, acc, records=n_full, rounds=rounds, seconds=seconds)
+            if not args.fm_only:
+                t = time.perf_counter()
+                head = sgd_fedavg(x_tr, y_tr, parts, epsilon=eps, lr=lr, rounds=rounds)
+                seconds = round(time.perf_counter() - t, 1)
+                acc = accuracy(head, x_te, y_te)
+                add("dpsgd_head", eps, seed, acc, records=n_full, rounds=rounds, seconds=seconds)
             frel = fm_releases(x_tr, flipped_y, parts, eps)
             acc = accuracy(fm_solve(frel, eps), x_te, y_te)
             add("fm_fedavg_flipped", eps, seed, acc, records=n_full)
@@ -327,32 +361,45 @@ def main() -> None:
 
     sweep: list[Row] = []
     if not args.no_crossover:
-        crossover(sweep, x_tr, y_tr, x_te, y_te, lr)
+        crossover(sweep, x_tr, y_tr, x_te, y_te, lr, dpsgd=not args.fm_only)
     fm_s, later_s, none_s = round_cost(model, bundle.x_train[:n_full], y_tr[:n_full])
 
     fields = ["method", "epsilon", "seed", "accuracy", "records", "rounds", "kept", "seconds"]
-    with OUT.open("w", newline="") as handle:
+    if NOISE != "laplace":  # the Laplace table keeps its columns
+        fields.append("noise")
+        for r in rows + sweep:
+            r["noise"] = NOISE if r["epsilon"] is not None else ""
+    with out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows + sweep)
 
-    methods = ["fm", "dpsgd_head", "fm_fedavg_flipped", *[f"fm_{s}_flipped" for s in SCORERS]]
+    methods = ["fm"] + ([] if args.fm_only else ["dpsgd_head"])
+    methods += ["fm_fedavg_flipped", *[f"fm_{s}_flipped" for s in SCORERS]]
     print(
         f"\nMNIST, {CLIENTS} IID clients of {n_full}, fm_network (public CNN, d = "
-        f"{x_tr.shape[1]}), {seeds} seed(s), secret noise; test accuracy, mean +- std"
+        f"{x_tr.shape[1]}), {seeds} seed(s), secret {NOISE} noise (delta "
+        f"{DELTA:g} if gaussian); test accuracy, mean +- std"
     )
+    if NOISE != "laplace":
+        kind = head_kind("softmax")
+        for eps in epsilons:
+            event = kind.event(eps, noise=NOISE, delta=DELTA)
+            spent = PrivacyLedger(DELTA, events=[event]).epsilon()
+            sigma = kind.noise_scale(eps, "l2", x_tr.shape[1], 10, noise=NOISE, delta=DELTA)
+            print(f"  eps {eps:g}: sigma {sigma * 2**0.5:.4g}, ledger epsilon {spent:.6f}")
     print("epsilon | " + " | ".join(methods))
     for eps in epsilons:
         cells = [f"{mean_acc(rows, m, eps):.4f} +- {std_acc(rows, m, eps):.4f}" for m in methods]
         print(f"{eps:g} | " + " | ".join(cells))
-    for m in ("ceiling", "none_head"):
+    for m in ("ceiling",) if args.fm_only else ("ceiling", "none_head"):
         print(f"{m} (no privacy): {mean_acc(rows, m, None):.4f} +- {std_acc(rows, m, None):.4f}")
     print(
         f"\nZhao et al.: {FLIPPED} of {CLIENTS} clients flip labels; accuracy / clean fm accuracy"
     )
     for eps in epsilons:
         clean = mean_acc(rows, "fm", eps)
-        cells = [f"{m} {mean_acc(rows, m, eps) / clean:.3f}" for m in methods[2:]]
+        cells = [f"{m} {mean_acc(rows, m, eps) / clean:.3f}" for m in methods if "flipped" in m]
         print(f"{eps:g}: " + ", ".join(cells))
     if sweep:
         print("\ncrossover (1 seed): records per client | epsilon | fm | dpsgd_head 3 rounds | 20")
@@ -362,13 +409,14 @@ def main() -> None:
                 d3 = mean_acc(sweep, "dpsgd_head", eps, records=n, rounds=3)
                 d20 = mean_acc(sweep, "dpsgd_head", eps, records=n, rounds=20)
                 lead = "fm ahead" if fm > max(d3, d20) else "dpsgd ahead"
+                lead = "" if args.fm_only else lead
                 print(f"{n} | {eps:g} | {fm:.4f} | {d3:.4f} | {d20:.4f} | {lead}")
     print(
         f"\nround cost of one client of {n_full}: functional first round {fm_s:.2f} s "
         f"(features, release, solve), later rounds {later_s:.4f} s (solve only); "
         f"none {none_s:.2f} s (one epoch of SGD on the head)"
     )
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ class NodePolicy:
                 f"declined: node policy accounts with {self.accountant!r}; the run asks for "
                 f"privacy.accountant={settings.privacy_accountant!r}"
             )
-        spends_delta = mode in MODES and MODES[mode].spends_delta
+        spends_delta = mode in MODES and MODES[mode].delta_spent(settings)
         if spends_delta and settings.privacy_delta * n_train >= 1:
             return (
                 f"declined: privacy.delta={settings.privacy_delta:g} is not below 1/n for this "

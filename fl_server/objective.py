@@ -30,21 +30,28 @@ from .replies import ClientOutcome, Weights
 from .weighted import WeightedFedAvg
 
 NoiseScale = Callable[[int, int], float]
-"""``(dim, outputs) -> b``: the Laplace scale every client used (public, from the settings)."""
+"""``(dim, outputs) -> b``: the per-coefficient noise scale every client used, in Laplace units
+(``std / sqrt 2``: the Laplace scale, or ``sigma / sqrt 2`` for Gaussian noise); public."""
 
 
 def noise_scale_of(settings: RunSettings) -> NoiseScale:
-    """The Laplace scale every functional client of this run used: public, from the settings.
+    """The noise scale every functional client of this run used: public, from the settings.
 
     The same mechanism the clients drew with (the model's objective kind,
-    :meth:`privacy.functional.HeadKind.noise_scale`, at ``privacy.functional_bound`` and the
-    training epsilon).
+    :meth:`privacy.functional.HeadKind.noise_scale`, at ``privacy.functional_bound``,
+    ``privacy.functional_noise`` (with ``privacy.delta``) and the training epsilon), so the
+    ridge of the summed releases follows the noise's standard deviation either way.
     """
     kind = model_head_kind(settings)
 
     def scale(dim: int, outputs: int) -> float:
         return kind.noise_scale(
-            settings.training_epsilon, settings.privacy_functional_bound, dim, outputs
+            settings.training_epsilon,
+            settings.privacy_functional_bound,
+            dim,
+            outputs,
+            noise=settings.privacy_functional_noise,
+            delta=settings.privacy_delta,
         )
 
     return scale

@@ -52,10 +52,11 @@ class PrivacyMode:
         Its releases carry a DP guarantee: the client keeps a ledger and a budget, federated
         evaluation needs ``privacy.eval_epsilon``, released statistics are named ``_dp``, and
         the noise must be secret. ``False`` only for ``none``.
-    spends_delta : bool
+    spends_delta : bool or callable
         Its guarantee is approximate, ``(epsilon, delta)``-DP, so ``privacy.delta`` must be
-        below ``1/n`` of the smallest client. Pure-DP mechanisms (the functional mechanism)
-        spend no delta.
+        below ``1/n`` of the smallest client. Pure-DP mechanisms (the functional mechanism's
+        Laplace noise) spend no delta. A callable ``settings -> bool`` when a setting decides
+        (``privacy.functional_noise``); ask :meth:`delta_spent`, never this field.
     trainer : str or callable
         The client's local training, ``(tasks.training.LocalTask) -> LocalResult``, or its
         ``"module:function"`` name (resolved by :func:`tasks.training.train_local`).
@@ -73,11 +74,17 @@ class PrivacyMode:
     name: str
     summary: str
     private: bool
-    spends_delta: bool
+    spends_delta: bool | Callable[[Any], bool]
     trainer: str | Callable[..., Any]
     model_capability: str = ""
     release: Callable[[Any], str] = field(default=_releases_weights)
     check: Check = field(default=_no_check)
+
+    def delta_spent(self, settings: Any) -> bool:
+        """Whether a run with ``settings`` spends ``privacy.delta`` (see :attr:`spends_delta`)."""
+        if callable(self.spends_delta):
+            return bool(self.spends_delta(settings))
+        return bool(self.spends_delta)
 
 
 MODES: dict[str, PrivacyMode] = {}

@@ -1,7 +1,8 @@
 """Every setting's one definition: its group, key, type, default and range check.
 
 A run is configured by one group of settings per concern (``dataset``, ``model``,
-``privacy``, ``federation``, ``aggregation``, ``participants``) and three top-level keys
+``privacy``, ``federation``, ``aggregation``, ``participants``, ``central_dp``,
+``personalization``) and three top-level keys
 (``seed``, ``device``, ``resume``). Each group is a dataclass here; nothing else states a key,
 a type or a default:
 
@@ -45,6 +46,11 @@ FUNCTIONAL_BOUNDS = ("l2", "paper")
 """Sensitivity bounds of the functional mechanism (``privacy.functional_bound``); a test keeps
 this tuple and ``privacy.functional.SENSITIVITY_BOUNDS`` equal."""
 
+FUNCTIONAL_NOISES = ("laplace", "gaussian")
+"""Noise of the functional mechanism (``privacy.functional_noise``): ``laplace`` (pure epsilon-DP)
+or ``gaussian`` ((epsilon, delta)); a test keeps this tuple and
+``privacy.functional.FUNCTIONAL_NOISES`` equal."""
+
 FUNCTIONAL_AGGREGATIONS = ("objective", "average")
 """How the server combines functional-mechanism clients (``privacy.functional_aggregation``):
 ``objective`` sums the clients' released noisy objectives and minimises the sum once;
@@ -57,6 +63,18 @@ registry in ``fl_server.registry`` and this tuple equal, so configs are checked 
 CENTRAL_DP_MODES = ("none", "fixed", "adaptive")
 """Client-level DP on the server (``central_dp.mode``); a test keeps this tuple and
 ``privacy.central.CLIPPINGS`` (plus ``none``) equal."""
+
+TABLE_TASKS = ("classification", "regression")
+"""``dataset.task`` of a user's table."""
+
+TABLE_NORMALIZATIONS = ("bounds", "client", "none")
+"""``dataset.normalization`` of a user's table: declared public bounds, each client's own
+statistics (kept local), or none; pooled statistics are never an option."""
+
+PERSONALIZATIONS = ("none", "finetune", "last_layer")
+"""``personalization.mode``: after the federation each client fine-tunes the final global model
+on its own training data (every layer, or the last layer only); the personal model never
+leaves the client."""
 
 MIN_ROUND_TIMEOUT = 10.0
 """Seconds: Flower's grid polls for replies every 3 s and a SuperNode every 3 s, so a shorter
@@ -118,6 +136,29 @@ class DatasetGroup(Group):
     """``dataset=huggingface``: the hub dataset (``ylecun/mnist``)."""
     feature_key: str = "image"
     label_key: str = "label"
+    path: str = ""
+    """``dataset=table``: the user's CSV or Parquet file."""
+    label: str = ""
+    """``dataset=table``: the label column."""
+    partition_by: str = ""
+    """``dataset=table``: the column naming each row's owner (one client per owner)."""
+    features: str = ""
+    """``dataset=table``: feature columns, comma-separated ("": every other column)."""
+    task: str = "classification"
+    """``dataset=table``: ``classification`` | ``regression``."""
+    bounds: str = ""
+    """``dataset=table``: declared public bounds, ``col:lower:upper,...`` (never the data's)."""
+    normalization: str = "client"
+    """``dataset=table``: ``bounds`` (declared) | ``client`` (each owner's own statistics,
+    kept local) | ``none``; never statistics of the pooled data."""
+    test_fraction: float = 0.2
+    """``dataset=table``: share of each owner's rows kept for its own test part."""
+
+    def validate(self) -> None:
+        """Table options: ``task``, ``normalization`` names, ``test_fraction`` in (0, 1)."""
+        self._one_of("task", TABLE_TASKS)
+        self._one_of("normalization", TABLE_NORMALIZATIONS)
+        self._require("test_fraction", 0 < self.test_fraction < 1, "must be in (0, 1)")
 
 
 @dataclass
@@ -159,6 +200,8 @@ class PrivacyGroup(Group):
     """Opacus per-sample gradients: ``ew`` (expanded weights) | ``hooks`` | ``functorch``."""
     functional_bound: str = "l2"
     """The functional mechanism's sensitivity: ``l2`` (tight) | ``paper`` (FM's)."""
+    functional_noise: str = "laplace"
+    """``laplace`` (FM's, pure epsilon-DP) | ``gaussian`` ((epsilon, delta = privacy.delta))."""
     functional_steps: int = 0
     """Per round: 0 = closed-form minimiser, N = N gradient steps from the global weights."""
     functional_aggregation: str = "objective"
@@ -170,6 +213,7 @@ class PrivacyGroup(Group):
         self._one_of("grad_sample_mode", GRAD_SAMPLE_MODES)
         self._positive("max_grad_norm")
         self._one_of("functional_bound", FUNCTIONAL_BOUNDS)
+        self._one_of("functional_noise", FUNCTIONAL_NOISES)
         self._require("functional_steps", self.functional_steps >= 0, "must be >= 0")
         self._one_of("functional_aggregation", FUNCTIONAL_AGGREGATIONS)
 
@@ -329,6 +373,34 @@ class CentralDpGroup(Group):
 
 
 @dataclass
+class PersonalizationGroup(Group):
+    """``personalization=``: personal models after the federation (Servia-Rodriguez et al. 2018).
+
+    Each client fine-tunes the final global model on its own training data for ``epochs`` of
+    plain SGD at ``learning_rate`` (mini-batches of ``federation.batch_size``). The personal
+    model never leaves the client, so it costs no privacy; the global model and every ledger
+    are unchanged. ``initial_clients=K`` > 0: only the first K owners federate (the paper's
+    initial model from a few users); every owner then personalises it.
+    """
+
+    NAME: ClassVar[str] = "personalization"
+
+    mode: str = "none"
+    """``none`` | ``finetune`` (every layer) | ``last_layer``."""
+    epochs: int = 10
+    learning_rate: float = 0.05
+    initial_clients: int = 0
+    """> 0: a federation of the first K owners only (naturally federated data)."""
+
+    def validate(self) -> None:
+        """A known mode, ``epochs`` > 0, ``learning_rate`` > 0, ``initial_clients`` >= 0."""
+        self._one_of("mode", PERSONALIZATIONS)
+        self._require("epochs", self.epochs > 0, "must be > 0")
+        self._positive("learning_rate")
+        self._require("initial_clients", self.initial_clients >= 0, "must be >= 0")
+
+
+@dataclass
 class FedPrivConf(Group):
     """The whole composed config (``conf/config.yaml``): the top-level keys and the groups."""
 
@@ -344,6 +416,7 @@ class FedPrivConf(Group):
     aggregation: AggregationGroup = field(default_factory=AggregationGroup)
     participants: ParticipantsGroup = field(default_factory=ParticipantsGroup)
     central_dp: CentralDpGroup = field(default_factory=CentralDpGroup)
+    personalization: PersonalizationGroup = field(default_factory=PersonalizationGroup)
 
     def validate(self) -> None:
         """The top-level keys, then every group's own checks."""

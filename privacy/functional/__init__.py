@@ -23,6 +23,9 @@ Differential Privacy", PVLDB 5(11), 2012 (FM).
 * :class:`SoftmaxMechanism` (:mod:`privacy.functional.softmax`): the softmax cross-entropy
   expanded to second order, released once for all ``K`` classes (class sums and the upper
   triangle of the Gram matrix), ``Delta = 2 sqrt(d) + d + 1`` whatever ``K``.
+* :data:`FUNCTIONAL_NOISES` (:mod:`privacy.functional.noise`): ``privacy.functional_noise``,
+  FM's pure-DP snapped ``laplace`` (default) or the analytic ``gaussian`` mechanism at the
+  L2 sensitivity, ``(epsilon, delta)``-DP, one sampled-Gaussian ledger event (softmax head).
 * :data:`HEAD_KINDS` (:mod:`privacy.functional.heads`): per objective kind, what a head
   releases and how a client and the server solve it; the trainer and server ask it.
 
@@ -62,6 +65,14 @@ from privacy.functional.mechanism import (
     register_objective,
 )
 from privacy.functional.network import PublicFeatureNetwork
+from privacy.functional.noise import (
+    FUNCTIONAL_NOISES,
+    FunctionalNoise,
+    GaussianNoise,
+    LaplaceNoise,
+    functional_noise,
+    register_functional_noise,
+)
 from privacy.functional.objective import (
     QuadraticObjective,
     gradient_steps,
@@ -75,6 +86,7 @@ from privacy.functional.objective import (
     stabilise,
 )
 from privacy.functional.softmax import (
+    SoftmaxGaussianMechanism,
     SoftmaxMechanism,
     SoftmaxStatistics,
     softmax_ridge,
@@ -85,22 +97,28 @@ from privacy.functional.softmax import (
 from privacy.modes import PrivacyMode, register_mode
 
 __all__ = [
+    "FUNCTIONAL_NOISES",
     "HEAD_KINDS",
     "OBJECTIVES",
     "SENSITIVITY_BOUNDS",
     "FeatureBounds",
     "FunctionalMechanism",
+    "FunctionalNoise",
+    "GaussianNoise",
     "HeadKind",
+    "LaplaceNoise",
     "ObjectiveKind",
     "PublicFeatureNetwork",
     "QuadraticObjective",
     "RowObjectives",
+    "SoftmaxGaussianMechanism",
     "SoftmaxHead",
     "SoftmaxMechanism",
     "SoftmaxStatistics",
     "TargetBounds",
     "default_ridge",
     "fit_private",
+    "functional_noise",
     "head_kind",
     "head_mechanism",
     "gradient_steps",
@@ -114,6 +132,7 @@ __all__ = [
     "minimise",
     "objectives_from_arrays",
     "objectives_to_arrays",
+    "register_functional_noise",
     "register_head_kind",
     "register_objective",
     "release_shapes",
@@ -128,6 +147,11 @@ __all__ = [
 ]
 
 
+def _spends_delta(settings: Any) -> bool:
+    """``privacy.functional_noise=gaussian`` spends ``privacy.delta``; Laplace is pure DP."""
+    return functional_noise(settings.privacy_functional_noise).spends_delta
+
+
 def _release(settings: Any) -> str:
     """``objective`` when the server sums the released objectives, else trained ``weights``."""
     return "objective" if settings.privacy_functional_aggregation == "objective" else "weights"
@@ -138,10 +162,11 @@ FUNCTIONAL = register_mode(
         name="functional",
         summary="the functional mechanism: one epsilon-DP noisy objective per client dataset",
         private=True,
-        spends_delta=False,
+        spends_delta=_spends_delta,
         trainer="tasks.training.functional:train_functional",
         model_capability="objective",
         release=_release,
     )
 )
-"""Zhang et al. 2012, Algorithm 1: pure epsilon-DP (no delta), models with an exact objective."""
+"""Zhang et al. 2012, Algorithm 1, models with an exact objective: pure epsilon-DP (no delta)
+with ``privacy.functional_noise=laplace``, ``(epsilon, delta)`` with ``gaussian``."""

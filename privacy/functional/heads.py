@@ -17,11 +17,16 @@ trainer and the server's objective aggregation ask it, so neither branches on ki
 (:class:`RowObjectives`; rows of one dataset share ``epsilon`` by basic composition);
 ``softmax`` releases one set of statistics for all classes (:class:`SoftmaxHead`,
 :mod:`privacy.functional.softmax`), whose noise does not grow with the number of classes.
+
+Every method that draws or needs the noise scale takes ``noise`` (``privacy.functional_noise``,
+:data:`privacy.functional.noise.FUNCTIONAL_NOISES`) and ``delta``; a kind lists the noise
+kinds it has a sensitivity for in :attr:`HeadKind.noises` (the per-row objectives have L1
+sensitivities only, so Laplace only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,18 +39,22 @@ from privacy.functional.aggregate import (
     solve_summed,
 )
 from privacy.functional.mechanism import SENSITIVITY_BOUNDS, default_ridge, head_mechanism
+from privacy.functional.noise import functional_noise
 from privacy.functional.objective import gradient_steps, minimise, stabilise
 from privacy.functional.softmax import (
+    SoftmaxGaussianMechanism,
     SoftmaxMechanism,
     SoftmaxStatistics,
     softmax_ridge,
     solve_softmax,
 )
 from privacy.laplace import IntegerSource
+from privacy.ledger import Event, PureDpEvent
 
 __all__ = [
     "HEAD_KINDS",
     "HeadKind",
+    "SOFTMAX_MECHANISMS",
     "RowObjectives",
     "SoftmaxHead",
     "head_kind",
@@ -62,14 +71,51 @@ class HeadKind:
     name: str = ""
     bounds: tuple[str, ...] = ("l2",)
     """The sensitivity bounds (``privacy.functional_bound``) this kind honours."""
+    noises: tuple[str, ...] = ("laplace",)
+    """The noise kinds (``privacy.functional_noise``) this kind can release with."""
+
+    def check_noise(self, noise: str) -> None:
+        """``ValueError`` naming ``privacy.functional_noise`` when this kind cannot use it."""
+        functional_noise(noise)
+        if noise not in self.noises:
+            raise ValueError(
+                f"privacy.functional_noise must be one of {list(self.noises)} for the "
+                f"{self.name!r} objective kind (it has no {functional_noise(noise).sensitivity} "
+                f"sensitivity for {noise!r} noise), got {noise!r}"
+            )
 
     def shapes(self, outputs: int, dim: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the arrays of one release."""
         raise NotImplementedError
 
-    def noise_scale(self, epsilon: float, bound: str, dim: int, outputs: int) -> float:
-        """The Laplace scale of each released coefficient (public: settings and shapes)."""
+    def noise_scale(
+        self,
+        epsilon: float,
+        bound: str,
+        dim: int,
+        outputs: int,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
+    ) -> float:
+        """The noise scale of each released coefficient in Laplace units (``std / sqrt 2``).
+
+        Public: settings and shapes. The Laplace scale for ``laplace``; ``sigma / sqrt 2``
+        for ``gaussian`` (:meth:`privacy.functional.noise.FunctionalNoise.scale`).
+        """
         raise NotImplementedError
+
+    def event(
+        self,
+        epsilon: float,
+        round: int = 0,  # noqa: A002 - matches the ledger events' field
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
+    ) -> Event:
+        """The ledger event of one release (``PureDpEvent(epsilon)`` for ``laplace``)."""
+        self.check_noise(noise)
+        return PureDpEvent(epsilon=float(epsilon), round=round, mechanism="functional")
 
     def release(
         self,
@@ -78,8 +124,11 @@ class HeadKind:
         epsilon: float,
         bound: str,
         source: IntegerSource,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
     ) -> Arrays:
-        """The noisy release of one dataset, ``epsilon``-DP (one :class:`PureDpEvent`).
+        """The noisy release of one dataset, DP as :meth:`event` states (one event).
 
         ``feats`` are the records the head sees (``||x||_2 <= 1``), ``targets`` one vector
         per head row (:meth:`tasks.models.functional.FunctionalModel.fm_targets`).
@@ -91,7 +140,15 @@ class HeadKind:
         raise NotImplementedError
 
     def local_head(
-        self, arrays: Arrays, epsilon: float, bound: str, start: FloatArray, steps: int
+        self,
+        arrays: Arrays,
+        epsilon: float,
+        bound: str,
+        start: FloatArray,
+        steps: int,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
     ) -> FloatArray:
         """One client's head from its own release: the minimiser, or ``steps`` steps to it."""
         raise NotImplementedError
@@ -140,8 +197,18 @@ class RowObjectives(HeadKind):
         """See :meth:`HeadKind.shapes`."""
         return release_shapes(outputs, dim)
 
-    def noise_scale(self, epsilon: float, bound: str, dim: int, outputs: int) -> float:
+    def noise_scale(
+        self,
+        epsilon: float,
+        bound: str,
+        dim: int,
+        outputs: int,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
+    ) -> float:
         """See :meth:`HeadKind.noise_scale`."""
+        self.check_noise(noise)
         return head_mechanism(epsilon, self.name, bound, outputs).noise_scale(dim)
 
     def release(
@@ -151,8 +218,12 @@ class RowObjectives(HeadKind):
         epsilon: float,
         bound: str,
         source: IntegerSource,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
     ) -> Arrays:
         """See :meth:`HeadKind.release`."""
+        self.check_noise(noise)
         mech = head_mechanism(epsilon, self.name, bound, len(targets))
         return objectives_to_arrays(
             [mech.perturb(mech.objective(feats, t), source) for t in targets]
@@ -163,9 +234,18 @@ class RowObjectives(HeadKind):
         objectives_from_arrays(arrays)
 
     def local_head(
-        self, arrays: Arrays, epsilon: float, bound: str, start: FloatArray, steps: int
+        self,
+        arrays: Arrays,
+        epsilon: float,
+        bound: str,
+        start: FloatArray,
+        steps: int,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
     ) -> FloatArray:
         """See :meth:`HeadKind.local_head`."""
+        self.check_noise(noise)
         objectives = objectives_from_arrays(arrays)
         mech = head_mechanism(epsilon, self.name, bound, len(objectives))
         ridge = default_ridge(mech, objectives[0].dim)
@@ -201,18 +281,47 @@ class SoftmaxHead(HeadKind):
     """The softmax expansion: one release ``[B, triu(S)]`` for all ``K`` classes.
 
     ``bound`` (``privacy.functional_bound``) is accepted and not needed: the softmax
-    sensitivity ``2 sqrt(d) + d + 1`` is the one derived in :mod:`privacy.functional.softmax`.
+    sensitivities ``Delta_1 = 2 sqrt(d) + d + 1`` (``laplace``) and ``Delta_2 = 3 / sqrt 2``
+    (``gaussian``) are the ones derived in :mod:`privacy.functional.softmax`.
     """
 
     name: str = "softmax"
+    noises: tuple[str, ...] = ("laplace", "gaussian")
+
+    def mechanism(
+        self, epsilon: float, noise: str, delta: float
+    ) -> SoftmaxMechanism | SoftmaxGaussianMechanism:
+        """The mechanism of one release with ``noise`` (a key of :data:`SOFTMAX_MECHANISMS`)."""
+        self.check_noise(noise)
+        return SOFTMAX_MECHANISMS[noise](epsilon, delta)
+
+    def event(
+        self,
+        epsilon: float,
+        round: int = 0,  # noqa: A002
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
+    ) -> Event:
+        """See :meth:`HeadKind.event`."""
+        return self.mechanism(epsilon, noise, delta).event(round)
 
     def shapes(self, outputs: int, dim: int) -> dict[str, tuple[int, ...]]:
         """See :meth:`HeadKind.shapes`."""
         return {"class_sums": (outputs, dim), "gram": (dim, dim)}
 
-    def noise_scale(self, epsilon: float, bound: str, dim: int, outputs: int) -> float:
-        """See :meth:`HeadKind.noise_scale`."""
-        return SoftmaxMechanism(epsilon).noise_scale(dim)
+    def noise_scale(
+        self,
+        epsilon: float,
+        bound: str,
+        dim: int,
+        outputs: int,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
+    ) -> float:
+        """See :meth:`HeadKind.noise_scale`: no ``outputs``, and no ``dim`` for ``gaussian``."""
+        return self.mechanism(epsilon, noise, delta).noise_scale(dim)
 
     def release(
         self,
@@ -221,26 +330,39 @@ class SoftmaxHead(HeadKind):
         epsilon: float,
         bound: str,
         source: IntegerSource,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
     ) -> Arrays:
         """See :meth:`HeadKind.release`."""
+        mech = self.mechanism(epsilon, noise, delta)
         onehot = np.column_stack([np.asarray(t, dtype=np.float64) for t in targets])
         if not (np.isin(onehot, (0.0, 1.0)).all() and np.all(onehot.sum(axis=1) == 1.0)):
             raise ValueError(
                 "softmax targets must be one indicator vector per class, one class per record"
             )
         stats = SoftmaxStatistics.from_records(feats, onehot.argmax(axis=1), onehot.shape[1])
-        return SoftmaxMechanism(epsilon).perturb(stats, source).to_arrays()
+        return mech.perturb(stats, source).to_arrays()
 
     def check(self, arrays: Arrays) -> None:
         """See :meth:`HeadKind.check`."""
         SoftmaxStatistics.from_arrays(arrays)
 
     def local_head(
-        self, arrays: Arrays, epsilon: float, bound: str, start: FloatArray, steps: int
+        self,
+        arrays: Arrays,
+        epsilon: float,
+        bound: str,
+        start: FloatArray,
+        steps: int,
+        *,
+        noise: str = "laplace",
+        delta: float = 0.0,
     ) -> FloatArray:
         """See :meth:`HeadKind.local_head`."""
         stats = SoftmaxStatistics.from_arrays(arrays)
-        ridge = softmax_ridge(self.noise_scale(epsilon, bound, stats.dim, stats.classes), stats.dim)
+        scale = self.noise_scale(epsilon, bound, stats.dim, stats.classes, noise=noise, delta=delta)
+        ridge = softmax_ridge(scale, stats.dim)
         target = stats.minimiser(ridge=ridge)
         if steps == 0:
             return target
@@ -273,6 +395,15 @@ class SoftmaxHead(HeadKind):
     def loss(self, arrays: Arrays, head: FloatArray) -> float:
         """See :meth:`HeadKind.loss`."""
         return SoftmaxStatistics.from_arrays(arrays).value(head)
+
+
+SOFTMAX_MECHANISMS: dict[
+    str, Callable[[float, float], SoftmaxMechanism | SoftmaxGaussianMechanism]
+] = {
+    "laplace": lambda epsilon, delta: SoftmaxMechanism(epsilon),
+    "gaussian": SoftmaxGaussianMechanism,
+}
+"""Per ``privacy.functional_noise``: ``(epsilon, delta) ->`` the softmax head's mechanism."""
 
 
 register_head_kind(RowObjectives("linear"))

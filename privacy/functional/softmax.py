@@ -42,8 +42,9 @@ Sensitivity (replace-one, ``n`` public; rows with ``||x||_2 <= 1``, so ``||x||_1
       ||dS||_F``, ``||dS||_F^2 = ||x||^4 + ||x'||^4 - 2 t^2`` and ``||dB||_F^2 = ||x - x'||^2 <=
       2 - 2t`` (``y = y'``) or ``||x||^2 + ||x'||^2 <= 2`` (``y != y'``). The sum is at most
       ``4 - 2t - 2t^2 <= 9/2`` (at ``t = -1/2``), resp. ``4``, so ``Delta_2 = 3 / sqrt 2``:
-      neither ``d`` nor ``K``. Offered for a Gaussian (epsilon, delta) variant; the Laplace
-      mechanism here uses ``Delta_1``.
+      neither ``d`` nor ``K``. The Gaussian (epsilon, delta) variant
+      (:class:`SoftmaxGaussianMechanism`, ``privacy.functional_noise=gaussian``) uses it; the
+      Laplace mechanism uses ``Delta_1``.
 
     A property test (``tests/privacy/test_functional_softmax.py``) checks both on thousands of
     random and adversarial neighbouring datasets.
@@ -58,11 +59,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from privacy.functional.noise import GAUSSIAN
 from privacy.functional.objective import _check_dim, _check_records
 from privacy.laplace import IntegerSource, SnappedLaplace
-from privacy.ledger import PureDpEvent
+from privacy.ledger import Event, PureDpEvent
 
 __all__ = [
+    "SoftmaxGaussianMechanism",
     "SoftmaxMechanism",
     "SoftmaxStatistics",
     "softmax_ridge",
@@ -351,3 +354,51 @@ class SoftmaxMechanism:
     def event(self, round: int = 0) -> PureDpEvent:  # noqa: A002 - matches PureDpEvent.round
         """The ledger event of one release: ``PureDpEvent(epsilon, round, "functional")``."""
         return PureDpEvent(epsilon=float(self.epsilon), round=round, mechanism="functional")
+
+
+@dataclass(frozen=True)
+class SoftmaxGaussianMechanism:
+    """The softmax release with Gaussian noise: ``(epsilon, delta)``-DP for all ``K`` classes.
+
+    ``perturb`` adds ``N(0, sigma^2)`` to every entry of ``[B, triu(S)]``, ``sigma`` the
+    analytic Gaussian mechanism's (Balle and Wang 2018) for ``(epsilon, delta)`` at the L2
+    sensitivity ``Delta_2 = 3 / sqrt(2)`` (:func:`softmax_sensitivity_l2`, replace-one, ``n``
+    public, rows in the L2 unit ball): neither ``d`` nor ``K`` moves it, where the Laplace
+    scale grows as ``d``. How it is drawn (floating point, secure seed) and why the ledger
+    event is ``SampledGaussianEvent(2 sigma / Delta_2, 1.0, 1)``:
+    :mod:`privacy.functional.noise`.
+
+    Attributes
+    ----------
+    epsilon : float
+        Privacy parameter, finite and ``> 0``.
+    delta : float
+        ``privacy.delta``, in ``(0, 1)``.
+
+    """
+
+    epsilon: float
+    delta: float
+
+    def __post_init__(self) -> None:
+        SoftmaxMechanism(self.epsilon)  # the same epsilon check
+        GAUSSIAN.sigma(self.epsilon, self.delta, softmax_sensitivity_l2(1))  # delta check
+
+    def sigma(self, d: int) -> float:
+        """Standard deviation of every released coefficient's noise (no ``d`` or ``K``)."""
+        return GAUSSIAN.sigma(self.epsilon, self.delta, softmax_sensitivity_l2(d))
+
+    def noise_scale(self, d: int) -> float:
+        """``sigma / sqrt(2)``: the Laplace scale with the same std, which the ridge reads."""
+        return GAUSSIAN.scale(self.epsilon, self.delta, softmax_sensitivity_l2(d))
+
+    def perturb(self, stats: SoftmaxStatistics, source: IntegerSource) -> SoftmaxStatistics:
+        """Release ``stats`` once, ``(epsilon, delta)``-DP; the result's ``S`` is symmetric."""
+        noisy = GAUSSIAN.draw(
+            stats.released(), self.epsilon, self.delta, softmax_sensitivity_l2(stats.dim), source
+        )
+        return SoftmaxStatistics.from_released(noisy, stats.classes, stats.dim)
+
+    def event(self, round: int = 0) -> Event:  # noqa: A002 - matches PureDpEvent.round
+        """The ledger event of one release (see :mod:`privacy.functional.noise`); no ``d``."""
+        return GAUSSIAN.event(self.epsilon, self.delta, softmax_sensitivity_l2(1), round)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from privacy import PureDpEvent, derive_seed
+from privacy import derive_seed
 from privacy.functional import (
     FunctionalMechanism,
+    functional_noise,
     head_kind,
     head_mechanism,
     make_noise_generator,
@@ -74,6 +75,9 @@ def _load_release(task: LocalTask) -> dict[str, Any] | None:
         if path is not None:  # the file went missing: put the release back beside the ledger
             write_atomically(path, json.dumps(release))
     if release is not None:
+        # Written before privacy.functional_noise existed: those releases were all Laplace.
+        release.setdefault("noise", "laplace")
+        release.setdefault("delta", 0.0)
         task.state[FUNCTIONAL_KEY] = release
     return release
 
@@ -96,13 +100,16 @@ def train_functional(task: LocalTask) -> LocalResult:
     training data (records the model's public feature map puts in the L2 unit ball), add
     ``Laplace(Delta/epsilon)`` noise once (Zhang et al. 2012, Algorithm 1; the head kind's
     release: per-row objectives share ``epsilon``, the softmax head releases all classes at
-    once), record ONE :class:`PureDpEvent` of ``epsilon =
-    privacy.target_epsilon`` in the ledger, then keep the noisy objectives in the client's
-    state and beside the ledger on disk (ledger first: a crash in between over-counts, never
-    under-counts). Every round (the first included): stabilise the same noisy release and
-    move from the received global weights to its minimiser (closed form, or
-    ``privacy.functional_steps`` gradient steps). Only post-processing after the draw, so
-    epsilon stays at ``privacy.target_epsilon`` however many rounds run.
+    once; or, with ``privacy.functional_noise=gaussian``, the analytic Gaussian at the L2
+    sensitivity), record ONE ledger event (the head kind's :meth:`HeadKind.event`: a
+    :class:`PureDpEvent` of ``epsilon = privacy.target_epsilon``, or one sampled-Gaussian
+    event whose epsilon at ``privacy.delta`` is at most that) in the ledger, then keep the
+    noisy objectives in the client's state and beside the ledger on disk (ledger first: a
+    crash in between over-counts, never under-counts). Every round (the first included):
+    stabilise the same noisy release and move from the received global weights to its
+    minimiser (closed form, or ``privacy.functional_steps`` gradient steps). Only
+    post-processing after the draw, so epsilon stays at ``privacy.target_epsilon`` however
+    many rounds run.
 
     With ``privacy.functional_aggregation=objective`` the result also carries the noisy
     objectives themselves (:attr:`LocalResult.release`), the same every round: they are the
@@ -123,6 +130,8 @@ def train_functional(task: LocalTask) -> LocalResult:
         "model": c.model_name,
         "kind": kind.name,
         "bound": c.functional_bound,
+        "noise": c.functional_noise,
+        "delta": float(c.delta) if functional_noise(c.functional_noise).spends_delta else 0.0,
         "epsilon": float(c.training_epsilon),
         "dim": dim,
         "outputs": outputs,
@@ -132,8 +141,8 @@ def train_functional(task: LocalTask) -> LocalResult:
     release = _load_release(task)
     if release is None:
         ledger = task.ledger.load()
-        event = PureDpEvent(
-            epsilon=float(c.training_epsilon), round=task.server_round, mechanism="functional"
+        event = kind.event(
+            float(c.training_epsilon), task.server_round, noise=c.functional_noise, delta=c.delta
         )
         if ledger.epsilon_if(event) > task.epsilon_budget * (1 + 1e-9):
             return LocalResult(
@@ -152,7 +161,13 @@ def train_functional(task: LocalTask) -> LocalResult:
             derive_seed(c.run_seed, task.partition_id, 0xF0C7), secure=not c.reproducible_noise
         )
         noisy = kind.release(
-            feats, targets, float(c.training_epsilon), c.functional_bound, generator
+            feats,
+            targets,
+            float(c.training_epsilon),
+            c.functional_bound,
+            generator,
+            noise=c.functional_noise,
+            delta=c.delta,
         )
         ledger.record(event)
         task.ledger.save(ledger)  # the spend is on record before anything uses the draw
@@ -170,7 +185,13 @@ def train_functional(task: LocalTask) -> LocalResult:
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in release["arrays"].items()}
     start_weights = model.head.weight.detach().cpu().double().numpy()
     head = kind.local_head(
-        arrays, float(c.training_epsilon), c.functional_bound, start_weights, c.functional_steps
+        arrays,
+        float(c.training_epsilon),
+        c.functional_bound,
+        start_weights,
+        c.functional_steps,
+        noise=c.functional_noise,
+        delta=c.delta,
     )
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(head, dtype=model.head.weight.dtype))

@@ -106,6 +106,8 @@ class TrainConfig:
         ``privacy.grad_sample_mode``: how Opacus computes per-sample gradients.
     functional_bound : str
         ``privacy.functional_bound``: the functional mechanism's sensitivity bound.
+    functional_noise : str
+        ``privacy.functional_noise``: ``laplace`` (pure epsilon-DP) or ``gaussian``.
     functional_steps : int
         ``privacy.functional_steps``: gradient steps on the noisy objective (0: closed form).
     release : str
@@ -140,6 +142,7 @@ class TrainConfig:
     model_name: str
     run_seed: int
     run_id: str
+    functional_noise: str = "laplace"
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> TrainConfig:
@@ -159,6 +162,7 @@ class TrainConfig:
             grad_sample_mode=settings.privacy_grad_sample_mode,
             functional_bound=settings.privacy_functional_bound,
             functional_steps=settings.privacy_functional_steps,
+            functional_noise=settings.privacy_functional_noise,
             release=get_mode(settings.privacy_mode).release(settings),
             model_name=settings.model_name,
             run_seed=settings.seed,

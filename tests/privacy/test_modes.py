@@ -66,7 +66,7 @@ def task_for(settings: RunSettings, store: MemoryLedgerStore) -> LocalTask:
 def test_properties_are_consistent(name: str) -> None:
     mode = get_mode(name)
     assert mode.name == name and mode.summary
-    assert not (mode.spends_delta and not mode.private)  # delta is a DP quantity
+    assert not (mode.delta_spent(settings_for(mode)) and not mode.private)  # delta is a DP quantity
     assert mode.release(settings_for(mode)) in RELEASES
     assert callable(trainer_for(name))
     if mode.model_capability:
