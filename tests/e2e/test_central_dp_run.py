@@ -64,9 +64,15 @@ def test_adaptive_central_dp_run_writes_the_server_ledger_within_budget(resumed:
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     eps = metrics["client_level_epsilon"].iloc[1:].to_numpy()
     assert 0 < eps[0] < eps[1] < eps[2] <= TARGET
+    kept = metrics["kept_previous_model"].iloc[1:]
+    if len(resumed["before"].events) == 3:
+        # killed between round 3's release and its checkpoint: that release is spent, so the
+        # guard refuses to run round 3 again (the model of the lost release is not re-made)
+        assert bool(kept.iloc[2])
+        kept = kept.iloc[:2]
     assert eps[2] == pytest.approx(ledger.epsilon(), rel=1e-9)
     assert (metrics["clip_norm"].iloc[1:] > 0).all()
-    assert not metrics["kept_previous_model"].iloc[1:].astype(bool).any()
+    assert not kept.astype(bool).any()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["client_level_epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
     assert summary["rounds"] == 3
