@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a shared machine)")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # a ServerApp
     logging.getLogger("flwr").setLevel(logging.WARNING)  # its wrapper logs every reply
     q = a.per_round / a.clients
