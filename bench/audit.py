@@ -24,6 +24,7 @@ import pandas as pd
 
 from experiments.audit import run_audit
 from experiments.audit_schema import AuditGroup
+from protocol.atomic import write_with
 from protocol.settings import RunSettings
 
 OUT = Path(__file__).with_name("audit_results.csv")
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"test acc {summary['final_test_accuracy']:.3f} | {row['seconds']:.0f} s",
                     flush=True,
                 )
-            pd.DataFrame(rows).to_csv(a.out, index=False)
+            write_with(a.out, lambda path: pd.DataFrame(rows).to_csv(path, index=False))
     table = pd.DataFrame(rows)
     print(
         table.groupby(["privacy_mode", "reproducible_noise", "claimed_epsilon", "attack"])[

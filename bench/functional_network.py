@@ -52,6 +52,7 @@ from privacy import make_generator, make_private, plan_dpsgd  # noqa: E402
 from privacy.functional import head_kind  # noqa: E402
 from privacy.laplace import SecureSource  # noqa: E402
 from privacy.ledger import PrivacyLedger  # noqa: E402
+from protocol.atomic import write_with  # noqa: E402
 from reliability import aggregation_weights, make_scorer  # noqa: E402
 from reliability.types import RoundInput  # noqa: E402
 from tasks.data.registry import DatasetSpec, load_dataset  # noqa: E402
@@ -126,6 +127,17 @@ def sgd_fedavg(
     global_head = nn.Linear(d, 10, bias=False)
     nn.init.zeros_(global_head.weight)
     xs = x.astype(np.float32)
+    plans = {  # calibrated once per run (and client size), not every round
+        n: plan_dpsgd(
+            target_epsilon=epsilon,
+            delta=DELTA,
+            n_train=n,
+            batch_size=BATCH,
+            local_epochs=1,
+            rounds=rounds,
+        )
+        for n in ({len(p) for p in parts} if epsilon is not None else ())
+    }
     for _ in range(rounds):
         heads = []
         for p in parts:
@@ -137,19 +149,11 @@ def sgd_fedavg(
                 train_epochs(local, loader, opt, 1, torch.device("cpu"))
                 heads.append(local.weight.detach().clone())
                 continue
-            plan = plan_dpsgd(
-                target_epsilon=epsilon,
-                delta=DELTA,
-                n_train=len(p),
-                batch_size=BATCH,
-                local_epochs=1,
-                rounds=rounds,
-            )
             private = make_private(
                 model=local,
                 optimizer=opt,
                 data_loader=loader,
-                plan=plan,
+                plan=plans[len(p)],
                 max_grad_norm=CLIP,
                 generator=gen,
                 secure=True,
@@ -369,10 +373,14 @@ def main() -> None:
         fields.append("noise")
         for r in rows + sweep:
             r["noise"] = NOISE if r["epsilon"] is not None else ""
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows + sweep)
+
+    def write(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows + sweep)
+
+    write_with(out, write)
 
     methods = ["fm"] + ([] if args.fm_only else ["dpsgd_head"])
     methods += ["fm_fedavg_flipped", *[f"fm_{s}_flipped" for s in SCORERS]]

@@ -32,6 +32,7 @@ from _inprocess import run_rounds  # bench/_inprocess.py (this script's folder i
 from flwr.supercore.task_identity import TaskIdentity
 
 from fl_server.registry import make_strategy
+from protocol.atomic import write_with
 from protocol.settings import RunSettings
 from tasks.data import ClientData, client_test, load_client_data, load_dataset, specs_from_settings
 from tasks.models import build_model, get_weights, model_spec, set_weights
@@ -231,9 +232,10 @@ def main() -> None:
         for r in run_setting(p, k, seed, args)
     ]
     frame = pd.DataFrame(rows)
-    frame.to_csv(args.out, index=False)
+    write_with(args.out, lambda path: frame.to_csv(path, index=False))
     summary = summarise(frame)
-    summary.to_csv(Path(args.out).with_name("personal_summary.csv"), index=False)
+    summary_out = Path(args.out).with_name("personal_summary.csv")
+    write_with(summary_out, lambda path: summary.to_csv(path, index=False))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary.round(3).to_string(index=False))
     print(f"wrote {args.out} and {Path(args.out).with_name('personal_summary.csv')}")

@@ -48,7 +48,13 @@ from tasks.audit import (
     run_federation,
 )
 from tasks.audit.attacks import AttackView
-from tasks.data import load_client_data, load_dataset, public_bounds, specs_from_settings
+from tasks.data import (
+    PUBLIC_BOUNDS,
+    load_client_data,
+    load_dataset,
+    public_bounds,
+    specs_from_settings,
+)
 from tasks.models import build_model, model_spec, set_weights
 from tasks.training import TrainConfig, evaluate
 
@@ -73,7 +79,10 @@ def check_engine(audit: AuditGroup, engine: str) -> None:
 
 
 def check_audit_run(settings: RunSettings, audit: AuditGroup, engine: str) -> None:
-    """What the audit can run: simulation (deployment only if asked), one known client."""
+    """What the audit can run: simulation (deployment only if asked), one known client.
+
+    And canaries the dataset can hold: labels, and declared public feature bounds.
+    """
     check_engine(audit, engine)
     if not 0 <= audit.client < settings.num_clients:
         raise ValueError(
@@ -94,6 +103,18 @@ def check_audit_run(settings: RunSettings, audit: AuditGroup, engine: str) -> No
         raise ValueError(
             "the audit simulates reliable clients only: set participants=reliable, got "
             f"participants.unreliable_fraction={settings.participants_unreliable_fraction:g}"
+        )
+    bundle = load_dataset(specs_from_settings(settings)[0])  # cached: prepare loaded it
+    if bundle.num_classes < 2:
+        raise ValueError(
+            "the audit's canaries carry labels: it needs a classification dataset, got "
+            f"dataset.name={settings.dataset_name!r} with {bundle.num_classes} classes"
+        )
+    if settings.dataset_name not in PUBLIC_BOUNDS:
+        raise ValueError(
+            "the audit's canaries lie within the dataset's declared public feature bounds: "
+            f"dataset.name={settings.dataset_name!r} declares none (datasets with bounds: "
+            f"{sorted(PUBLIC_BOUNDS)})"
         )
 
 

@@ -58,8 +58,9 @@ def natural_federation(settings: RunSettings) -> RunSettings:
     ------
     ValueError
         When the user set ``federation.num_clients`` or ``federation.partitioner`` to
-        something else, or ``personalization.initial_clients`` without natural data or above
-        the number of owners.
+        something else, ``aggregation.server_data_size`` > 0 (server rows taken from the
+        owners), or ``personalization.initial_clients`` without natural data or above the
+        number of owners.
     """
     k = settings.personalization_initial_clients
     if not is_natural(settings.dataset_name):
@@ -96,6 +97,12 @@ def natural_federation(settings: RunSettings) -> RunSettings:
         raise ValueError(
             f"federation.partitioner must be 'natural' for dataset.name="
             f"{settings.dataset_name!r} (its rows have owners), got {settings.partitioner!r}"
+        )
+    if settings.aggregation_server_data_size > 0:  # it would take rows from the owners
+        raise ValueError(
+            f"aggregation.server_data_size must be 0 for dataset.name={settings.dataset_name!r} "
+            "(every row belongs to an owner: the server has no data of its own), got "
+            f"{settings.aggregation_server_data_size}"
         )
     replies = min(settings.min_replies, n)
     return dataclasses.replace(

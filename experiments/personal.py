@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 
 from protocol.atomic import write_atomically, write_with  # noqa: E402
 from protocol.settings import RunSettings  # noqa: E402
-from tasks.data import DataBundle, load_dataset, specs_from_settings  # noqa: E402
+from tasks.data import is_natural, load_dataset, specs_from_settings  # noqa: E402
 from tasks.data.partition import client_test, load_client_data  # noqa: E402
 from tasks.models import build_model, model_spec, set_weights  # noqa: E402
 from tasks.training import evaluate, select_device  # noqa: E402
@@ -36,7 +36,7 @@ PERSONAL_CSV = "personal.csv"
 PERSONAL_PNG = "personal.png"
 
 
-def check_personalization(settings: RunSettings, bundle: DataBundle, engine: str) -> None:
+def check_personalization(settings: RunSettings, engine: str) -> None:
     """``personalization`` fits the run (``ValueError`` naming the setting), before any start.
 
     Fine-tuning needs each client's own test part (naturally federated data) and, for now,
@@ -45,7 +45,7 @@ def check_personalization(settings: RunSettings, bundle: DataBundle, engine: str
     if settings.personalization_mode == "none":
         return
     PersonalConfig.from_settings(settings)  # epochs, learning rate
-    if bundle.owner_test is None:
+    if not is_natural(settings.dataset_name):
         raise ValueError(
             f"personalization.mode={settings.personalization_mode!r} needs a naturally "
             "federated dataset whose clients hold their own test parts (dataset=watch, "
@@ -71,13 +71,13 @@ def personal_table(settings: RunSettings, weights: dict[str, np.ndarray]) -> pd.
     _, pspec = specs_from_settings(settings, owners)
     config = PersonalConfig.from_settings(settings)
     device = select_device(settings.device)
-    spec = model_spec(settings, bundle.input_shape, bundle.num_classes)
+    model = build_model(model_spec(settings, bundle.input_shape, bundle.num_classes), settings.seed)
+    set_weights(model, weights)
+    model = model.to(device)  # the global model: personalise fine-tunes a copy
     rows = []
     for pid in range(owners):
         data = load_client_data(dspec, pspec, pid, settings.val_fraction)
         x_test, y_test = client_test(bundle, pid)
-        model = build_model(spec, settings.seed).to(device)
-        set_weights(model, weights)
         g_loss, g_acc = evaluate(model, x_test, y_test, device)
         personal = personalise(model, data, config, device, pid)
         p_loss, p_acc = evaluate(personal, x_test, y_test, device)

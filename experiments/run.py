@@ -37,7 +37,6 @@ from privacy.central import server_ledger_epsilon
 from protocol.atomic import write_atomically
 from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
-from tasks.data import load_dataset, specs_from_settings
 from tasks.models import is_regression
 from tasks.participants import ParticipantsConfig, unreliable_clients
 
@@ -212,8 +211,7 @@ def prepare(cfg: DictConfig, out_dir: Path) -> tuple[RunSettings, DataCheck]:
     check_resources(cfg.federation.client_cpus, cfg.federation.client_gpus)
     check_deployment(cfg)  # federation.engine, and the SuperLink address and CA of a deployment
     check = check_data(settings)
-    bundle = load_dataset(specs_from_settings(settings)[0])
-    check_personalization(settings, bundle, str(cfg.federation.engine))
+    check_personalization(settings, str(cfg.federation.engine))
     if settings.resume_dir:  # the whole checkpoint, against this model, before anything starts
         load_checkpoint(Path(settings.resume_dir), check.model_shapes)
     return settings, check

@@ -43,6 +43,7 @@ def noise_scale_of(settings: RunSettings) -> NoiseScale:
     ridge of the summed releases follows the noise's standard deviation either way.
     """
     kind = model_head_kind(settings)
+    kind.check_noise(settings.privacy_functional_noise)  # at start-up, not at the first reply
 
     def scale(dim: int, outputs: int) -> float:
         return kind.noise_scale(

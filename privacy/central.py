@@ -51,7 +51,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ import numpy as np
 
 from privacy.accounting import calibrate_noise
 from privacy.ledger import PrivacyLedger, SampledGaussianEvent
+from privacy.rng import hardened_normal, make_generator
 
 __all__ = [
     "CLIPPINGS",
@@ -247,7 +247,7 @@ class ClientLevelDp:
     ledger : PrivacyLedger, optional
         Events already spent (a resumed run); a new one at ``plan.delta`` otherwise.
     noise : callable, optional
-        ``noise(std, shape) -> array``; a fresh secret-seeded numpy generator by default.
+        ``noise(std, shape) -> array``; fresh secret-seeded hardened noise by default.
 
     """
 
@@ -340,8 +340,11 @@ class ClientLevelDp:
 
 
 def _secret_normal(std: float, shape: tuple[int, ...]) -> np.ndarray:
-    """Gaussian noise from a generator seeded from OS entropy, fresh for every draw."""
-    return np.random.default_rng(secrets.randbits(128)).normal(0.0, std, shape)
+    """Gaussian noise from a generator seeded from OS entropy, fresh for every draw.
+
+    :func:`privacy.rng.hardened_normal`: the same floating-point hardening as DP-SGD's noise.
+    """
+    return hardened_normal(shape, std, make_generator(None, secure=True))
 
 
 def server_ledger_epsilon(run_dir: Path) -> float | None:

@@ -15,7 +15,7 @@ import secrets
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "make_generator"]
+__all__ = ["derive_seed", "hardened_normal", "make_generator"]
 
 _SEED_BITS = 63
 _SEED_MASK = (1 << _SEED_BITS) - 1
@@ -76,6 +76,18 @@ def make_generator(
         raise ValueError(f"privacy.seed must be a non-negative int, got {seed!r}")
     gen.manual_seed(seed)
     return gen
+
+
+def hardened_normal(shape: tuple[int, ...], std: float, gen: torch.Generator) -> np.ndarray:
+    """``N(0, std^2)`` float64 noise of ``shape`` drawn from ``gen`` (fresh on every call).
+
+    Drawn as the sum of four standard normals times ``std / 2`` (the same distribution):
+    Opacus' ``secure_mode`` hardening against the floating-point attack on the Gaussian
+    (Holohan and Braghin 2021, Sec. 5.1; Jin et al. 2022). ``gen`` must be secret
+    (:func:`make_generator` with ``secure=True``) unless the user asked for reproducible noise.
+    """
+    draws = torch.randn((4, *shape), generator=gen, dtype=torch.float64)
+    return (draws.sum(dim=0) * (std / 2.0)).numpy()
 
 
 def derive_seed(*parts: int) -> int:

@@ -6,7 +6,7 @@ public features in the L2 unit ball, and an objective kind (``linear``, ``logist
 trainer and the server's objective aggregation ask it, so neither branches on kind names:
 
 * :meth:`HeadKind.release`: the one noisy release of a client dataset (arrays, the wire form),
-  ``epsilon``-DP under replace-one;
+  ``epsilon``-DP under replace-one (``(epsilon, delta)``-DP with ``gaussian`` noise);
 * :meth:`HeadKind.noise_scale`: the public Laplace scale the release used;
 * :meth:`HeadKind.shapes` and :meth:`HeadKind.check`: what a valid release looks like;
 * :meth:`HeadKind.local_head` and :meth:`HeadKind.solve`: one client's head, and the head of

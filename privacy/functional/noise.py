@@ -49,6 +49,7 @@ import torch
 from privacy.inference.calibration import analytic_gaussian_sigma
 from privacy.laplace import IntegerSource
 from privacy.ledger import Event, PureDpEvent, SampledGaussianEvent
+from privacy.rng import hardened_normal
 
 __all__ = [
     "FUNCTIONAL_NOISES",
@@ -171,8 +172,7 @@ class GaussianNoise(FunctionalNoise):
         sigma = self.sigma(epsilon, delta, sensitivity)
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(source.randbelow(1 << 63)))
-        draws = torch.randn((4, *v.shape), generator=gen, dtype=torch.float64)
-        return v + (draws.sum(dim=0) * (sigma / 2.0)).numpy()
+        return v + hardened_normal(v.shape, sigma, gen)
 
 
 FUNCTIONAL_NOISES: dict[str, FunctionalNoise] = {}

@@ -44,7 +44,7 @@ from privacy.inference.calibration import (
     laplace_scale,
 )
 from privacy.laplace import IntegerSource, SecureSource, SnappedLaplace
-from privacy.rng import make_generator
+from privacy.rng import hardened_normal, make_generator
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,10 @@ class InferenceSpec:
 def _secure_normal(shape: tuple[int, ...], sigma: float, gen: torch.Generator | None) -> np.ndarray:
     """``N(0, sigma^2)`` noise from a fresh secure generator (or the caller's ``gen``).
 
-    Drawn as the sum of four standard normals times ``sigma / 2`` (same distribution), the
-    floating-point hardening Opacus uses (Holohan and Braghin 2021, Sec. 5.1).
+    :func:`privacy.rng.hardened_normal` (Opacus' four-normal floating-point hardening).
     """
     gen = gen if gen is not None else make_generator(None, secure=True)
-    draws = torch.randn((4, *shape), generator=gen, dtype=torch.float64)
-    return (draws.sum(dim=0) * (sigma / 2.0)).numpy()
+    return hardened_normal(shape, sigma, gen)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ heads" (the slot held ``(x_i, y_in_i)`` rather than ``(x_i, y_out_i)``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,38 +175,40 @@ def blackbox(view: AttackView) -> np.ndarray:
     return centred(loss_scores(model, view.canaries), view.canaries)
 
 
-def whitebox(view: AttackView) -> np.ndarray:
-    """Scores from the audited client's per-round updates (the server's view)."""
+def _update_scores(
+    view: AttackView,
+    references: Sequence[Weights | None],
+    known: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Summed :func:`gradient_scores` of the audited client's replies less ``references``.
+
+    Rounds where the client sent nothing (or there is no reference) are skipped.
+    """
     model = view.build()
     total = np.zeros(len(view.canaries))
-    for g, w in zip(view.global_weights, view.client_weights, strict=True):
-        if w is not None:
-            total += gradient_scores(model, g, _minus(w, g), view.canaries, view.clip)
+    for g, w, ref in zip(view.global_weights, view.client_weights, references, strict=True):
+        if w is not None and ref is not None:
+            total += gradient_scores(model, g, _minus(w, ref), view.canaries, view.clip, known)
     return centred(total, view.canaries)
+
+
+def whitebox(view: AttackView) -> np.ndarray:
+    """Scores from the audited client's per-round updates (the server's view)."""
+    return _update_scores(view, view.global_weights)
 
 
 def whitebox_known(view: AttackView) -> np.ndarray:
     """``whitebox`` by an attacker that also knows the client's other records (not the coins)."""
     if view.known is None:
         raise ValueError("the whitebox_known attack needs the client's other records")
-    model = view.build()
-    total = np.zeros(len(view.canaries))
-    for g, w in zip(view.global_weights, view.client_weights, strict=True):
-        if w is not None:
-            total += gradient_scores(model, g, _minus(w, g), view.canaries, view.clip, view.known)
-    return centred(total, view.canaries)
+    return _update_scores(view, view.global_weights, view.known)
 
 
 def replay(view: AttackView) -> np.ndarray:
     """Scores from the updates less a replay with the same (known) noise and no canary."""
     if view.replayed is None:
         raise ValueError("the replay attack needs the replayed rounds (privacy.reproducible_noise)")
-    model = view.build()
-    total = np.zeros(len(view.canaries))
-    for g, w, ref in zip(view.global_weights, view.client_weights, view.replayed, strict=True):
-        if w is not None and ref is not None:
-            total += gradient_scores(model, g, _minus(w, ref), view.canaries, view.clip)
-    return centred(total, view.canaries)
+    return _update_scores(view, view.replayed)
 
 
 ATTACKS: dict[str, Callable[[AttackView], np.ndarray]] = {

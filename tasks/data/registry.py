@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protocol.groups import default_of
+
 
 @dataclass(frozen=True)
 class DataBundle:
@@ -77,17 +79,17 @@ class DatasetSpec:
 
     name: str
     seed: int = 0
-    hf_name: str = ""
-    feature_key: str = "image"
-    label_key: str = "label"
-    path: str = ""
-    label: str = ""
-    partition_by: str = ""
-    features: str = ""
-    task: str = "classification"
-    bounds: str = ""
-    normalization: str = "client"
-    test_fraction: float = 0.2
+    hf_name: str = default_of("dataset.hf_name")
+    feature_key: str = default_of("dataset.feature_key")
+    label_key: str = default_of("dataset.label_key")
+    path: str = default_of("dataset.path")
+    label: str = default_of("dataset.label")
+    partition_by: str = default_of("dataset.partition_by")
+    features: str = default_of("dataset.features")
+    task: str = default_of("dataset.task")
+    bounds: str = default_of("dataset.bounds")
+    normalization: str = default_of("dataset.normalization")
+    test_fraction: float = default_of("dataset.test_fraction")
 
 
 Loader = Callable[[DatasetSpec], DataBundle]

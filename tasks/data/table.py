@@ -78,6 +78,16 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _no_missing(column: pd.Series, path: Path, setting: str, what: str) -> None:
+    """``ValueError`` naming the column, the setting, the count and the first bad row."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise ValueError(
+            f"data file {path}: column {column.name!r} ({setting}) has {int(missing.sum())} "
+            f"{what}, first at row {_first_bad(missing)}"
+        )
+
+
 def read_table(spec: DatasetSpec) -> tuple[pd.DataFrame, Path, list[str]]:
     """The file as a frame, checked: label, owner and feature columns (``ValueError``)."""
     if not spec.path:
@@ -98,12 +108,7 @@ def read_table(spec: DatasetSpec) -> tuple[pd.DataFrame, Path, list[str]]:
             f"data file {path}: dataset.label and dataset.partition_by are both {spec.label!r}"
         )
     owners = frame[spec.partition_by]
-    if owners.isna().any():
-        raise ValueError(
-            f"data file {path}: column {spec.partition_by!r} (dataset.partition_by) has "
-            f"{int(owners.isna().sum())} missing owner(s), first at row "
-            f"{_first_bad(owners.isna().to_numpy())}"
-        )
+    _no_missing(owners, path, "dataset.partition_by", "missing owner(s)")
     if owners.nunique() < 2:
         raise ValueError(
             f"data file {path}: column {spec.partition_by!r} (dataset.partition_by) has a "
@@ -111,12 +116,7 @@ def read_table(spec: DatasetSpec) -> tuple[pd.DataFrame, Path, list[str]]:
             "owners"
         )
     labels = frame[spec.label]
-    if labels.isna().any():
-        raise ValueError(
-            f"data file {path}: column {spec.label!r} (dataset.label) has "
-            f"{int(labels.isna().sum())} missing (NaN) label(s), first at row "
-            f"{_first_bad(labels.isna().to_numpy())}"
-        )
+    _no_missing(labels, path, "dataset.label", "missing (NaN) label(s)")
     if spec.task == "regression" and not _numeric(labels):
         raise ValueError(
             f"data file {path}: column {spec.label!r} (dataset.label) must be numeric for "
@@ -187,6 +187,12 @@ def _normalise(
         raise ValueError(
             f"data file {path}: dataset.normalization=bounds needs declared bounds for every "
             f"feature; dataset.bounds has none for column(s) {missing}"
+        )
+    unknown = [n for n in bounds if n not in names and n != spec.label]
+    if unknown:
+        raise ValueError(
+            f"data file {path}: dataset.bounds names column(s) {unknown} that are neither a "
+            f"feature nor dataset.label={spec.label!r}"
         )
     lo = np.array([bounds[n][0] for n in names])
     hi = np.array([bounds[n][1] for n in names])

@@ -74,10 +74,7 @@ def _load_release(task: LocalTask) -> dict[str, Any] | None:
         release = task.state[FUNCTIONAL_KEY]
         if path is not None:  # the file went missing: put the release back beside the ledger
             write_atomically(path, json.dumps(release))
-    if release is not None:
-        # Written before privacy.functional_noise existed: those releases were all Laplace.
-        release.setdefault("noise", "laplace")
-        release.setdefault("delta", 0.0)
+    if release is not None:  # a version-1 release (no noise/delta keys) fails _check_release
         task.state[FUNCTIONAL_KEY] = release
     return release
 

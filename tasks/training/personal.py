@@ -11,7 +11,7 @@ only, from the same initial weights as the federation.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -126,10 +126,4 @@ def train_alone(
 
     Every layer trains; ``model`` holds the federation's initial weights.
     """
-    return personalise(model, data, _every_layer(config), device, partition_id)
-
-
-def _every_layer(config: PersonalConfig) -> PersonalConfig:
-    return PersonalConfig(
-        "finetune", config.epochs, config.learning_rate, config.batch_size, config.seed
-    )
+    return personalise(model, data, replace(config, mode="finetune"), device, partition_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -66,6 +67,9 @@ def test_a_deployment_is_audited_only_when_asked() -> None:
         check_audit_run(s, AuditGroup(client=5), "simulation")
     with pytest.raises(ValueError, match="privacy.reproducible_noise=true"):
         check_audit_run(s, AuditGroup(attacks=["replay"]), "simulation")
+    watch = dataclasses.replace(s, dataset_name="watch", model_name="cnn1d")
+    with pytest.raises(ValueError, match="dataset.name='watch' declares none"):
+        check_audit_run(watch, AuditGroup(), "simulation")
 
 
 def test_no_privacy_gives_a_large_bound_and_dp_never_exceeds_its_claim(tmp_path: Path) -> None:

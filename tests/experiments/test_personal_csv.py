@@ -78,6 +78,8 @@ def test_a_natural_dataset_sets_the_federation_and_refuses_other_counts() -> Non
         _settings(num_clients=5)
     with pytest.raises(ValueError, match="federation.partitioner must be 'natural'"):
         _settings(partitioner="dirichlet")
+    with pytest.raises(ValueError, match="aggregation.server_data_size must be 0 for dataset"):
+        _settings(aggregation_server_data_size=50)  # the server would take owners' rows
     with pytest.raises(ValueError, match="needs a naturally federated dataset"):
         natural_federation(RunSettings(partitioner="natural"))
     with pytest.raises(ValueError, match="personalization.initial_clients needs a naturally"):
@@ -87,10 +89,10 @@ def test_a_natural_dataset_sets_the_federation_and_refuses_other_counts() -> Non
 def test_personalization_is_checked_before_the_run() -> None:
     digits = RunSettings(personalization_mode="finetune")
     with pytest.raises(ValueError, match="needs a naturally federated dataset"):
-        check_personalization(digits, load_dataset(DatasetSpec("digits")), "simulation")
+        check_personalization(digits, "simulation")
     watch = _settings()
     with pytest.raises(ValueError, match="runs in simulation only"):
-        check_personalization(watch, load_dataset(DatasetSpec("watch")), "deployment")
-    check_personalization(watch, load_dataset(DatasetSpec("watch")), "simulation")
+        check_personalization(watch, "deployment")
+    check_personalization(watch, "simulation")
     none = dataclasses.replace(digits, personalization_mode="none")
-    check_personalization(none, load_dataset(DatasetSpec("digits")), "deployment")
+    check_personalization(none, "deployment")

@@ -6,6 +6,7 @@ The ClientApp's own train and evaluate handlers run in process here, on a node c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -131,6 +132,24 @@ def test_a_node_refuses_reproducible_noise_and_a_wrong_delta(
     assert "never derives noise from the run's seed" in _train(_node(data_file, tmp_path), rep)[1]
     big_delta = RunSettings(num_clients=3, num_rounds=2, privacy_delta=0.1)
     assert "not below 1/n" in _train(_node(data_file, tmp_path), big_delta)[1]
+
+
+def test_a_node_enforces_delta_when_the_server_picks_gaussian_functional_noise(
+    data_file: Path, tmp_path: Path
+) -> None:
+    """The run config decides whether the functional mode spends delta; the node reads it."""
+    policy = NodePolicy.from_node_config(_node(data_file, tmp_path))
+    run = RunSettings(
+        num_clients=3,
+        num_rounds=2,
+        privacy_mode="functional",
+        model_name="fm_network",
+        privacy_delta=0.01,
+    )
+    assert policy.refuse_train(run, n_train=500) == ""  # Laplace: pure DP, no delta spent
+    gaussian = dataclasses.replace(run, privacy_functional_noise="gaussian")
+    assert "privacy.delta=0.01 is not below 1/n" in policy.refuse_train(gaussian, n_train=500)
+    assert policy.refuse_train(gaussian, n_train=50) == ""
 
 
 def test_a_node_that_allows_evaluation_only_if_its_operator_says_so(

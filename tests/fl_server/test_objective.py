@@ -15,6 +15,7 @@ from fl_server.registry import make_strategy
 from fl_server.weighted import WeightedFedAvg
 from privacy.functional import (
     FunctionalMechanism,
+    SoftmaxGaussianMechanism,
     SoftmaxMechanism,
     SoftmaxStatistics,
     head_kind,
@@ -217,3 +218,25 @@ def test_the_weighting_scores_each_head_from_the_expansion_point_every_round() -
     for i in range(3):
         np.testing.assert_array_equal(seen[0][i], np.full((1, D), 0.5 + i, np.float32))
         np.testing.assert_array_equal(seen[1][i], seen[0][i])
+
+
+def test_the_gaussian_ridge_reads_the_clients_sigma_in_laplace_units() -> None:
+    """functional_noise=gaussian: the server's scale is the clients' sigma / sqrt 2, at delta."""
+    d = 5
+    laplace = dataclasses.replace(
+        SETTINGS, dataset_name="digits", model_name="fm_network", privacy_delta=1e-5
+    )
+    gaussian = dataclasses.replace(laplace, privacy_functional_noise="gaussian")
+    mech = SoftmaxGaussianMechanism(1.0, 1e-5)
+    b = noise_scale_of(gaussian)(d, 10)
+    assert b == pytest.approx(mech.sigma(d) / np.sqrt(2.0), rel=1e-12)
+    assert b == noise_scale_of(gaussian)(2 * d, 3)  # L2 sensitivity: no d, no K
+    assert b != noise_scale_of(laplace)(d, 10)
+    looser = dataclasses.replace(gaussian, privacy_delta=1e-3)
+    assert noise_scale_of(looser)(d, 10) < b  # the run's delta reaches the calibration
+
+
+def test_a_noise_the_head_kind_cannot_release_is_refused_when_the_strategy_is_built() -> None:
+    gaussian = dataclasses.replace(SETTINGS, privacy_functional_noise="gaussian")
+    with pytest.raises(ValueError, match=r"privacy\.functional_noise must be one of \['laplace'\]"):
+        noise_scale_of(gaussian)

@@ -129,6 +129,8 @@ def test_release_adds_noise_of_the_planned_scale() -> None:
     new, _ = noisy.release(1, {"w": np.zeros(10_000)}, [])
     std = plan.update_noise_multiplier / plan.expected_clients
     assert np.std(new["w"]) == pytest.approx(std, rel=0.05)
+    again, _ = noisy.release(2, {"w": np.zeros(10_000)}, [])  # fresh noise every round
+    assert not np.allclose(again["w"], new["w"])
 
 
 def test_clip_update_is_a_flat_l2_clip_over_float_arrays() -> None:

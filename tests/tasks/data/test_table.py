@@ -81,6 +81,8 @@ def test_declared_bounds_scale_and_clip(table: Path) -> None:
         load_dataset(_spec(table, normalization="bounds", bounds="age:0:100"))
     with pytest.raises(ValueError, match="'age:5:1' must be column:lower:upper"):
         load_dataset(_spec(table, normalization="bounds", bounds="age:5:1,dose:0:5"))
+    with pytest.raises(ValueError, match=r"names column\(s\) \['dse'\] that are neither"):
+        load_dataset(_spec(table, normalization="bounds", bounds="age:0:100,dose:0:5,dse:0:5"))
 
 
 @pytest.mark.parametrize(
@@ -90,6 +92,7 @@ def test_declared_bounds_scale_and_clip(table: Path) -> None:
         (None, {"label": "income"}, "dataset.label='income' is not a column"),
         ("one_owner", {}, "column 'site' (dataset.partition_by) has a single value ('S0'"),
         ("nan_label", {}, "column 'outcome' (dataset.label) has 1 missing (NaN) label(s), first"),
+        ("nan_owner", {}, "column 'site' (dataset.partition_by) has 1 missing owner(s), first"),
         ("text_feature", {}, "feature column 'ward' must be numeric, got dtype"),
         ("nan_feature", {}, "feature column 'dose' has 1 missing, NaN or infinite value(s)"),
         (None, {"features": "age,weight"}, "dataset.features='weight' is not a column"),
@@ -101,6 +104,8 @@ def test_bad_tables_are_refused_naming_file_and_column(
     frame = _frame()
     if change == "one_owner":
         frame["site"] = "S0"
+    elif change == "nan_owner":
+        frame.loc[3, "site"] = None
     elif change == "nan_label":
         frame.loc[5, "outcome"] = None
     elif change == "text_feature":
