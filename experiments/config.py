@@ -28,7 +28,7 @@ from tasks.models import MODELS, build_model, model_info, model_spec, models_wit
 from tasks.participants import ParticipantsConfig, check_kind, unreliable_clients
 from tasks.training import select_device
 
-_NOT_IN_CFG = {"output_dir"}
+_NOT_IN_CFG = {"output_dir", "personalization_on_nodes"}
 
 
 def to_settings(cfg: DictConfig, output_dir: str = "") -> RunSettings:
@@ -44,7 +44,9 @@ def to_settings(cfg: DictConfig, output_dir: str = "") -> RunSettings:
         if value is None:
             raise ValueError(f"{f.metadata['key']} is missing from the config")
         values[f.name] = value
-    return natural_federation(RunSettings(**values, output_dir=output_dir).validate())
+    on_nodes = OmegaConf.select(cfg, "federation.engine") == "deployment"  # nodes keep theirs
+    settings = RunSettings(**values, output_dir=output_dir, personalization_on_nodes=on_nodes)
+    return natural_federation(settings.validate())
 
 
 def natural_federation(settings: RunSettings) -> RunSettings:

@@ -181,6 +181,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="where the privacy ledger is kept (keep it: it is the spent budget)",
     )
+    n.add_argument(
+        "--personal-dir",
+        type=Path,
+        default=None,
+        help="where personal models stay (personalization=...; default: personal/ beside "
+        "--ledger-dir)",
+    )
     n.add_argument("--home", type=Path, default=None, help="FLWR_HOME and log")
     n.add_argument("--port", type=int, default=0, help="the node's local Runtime API port")
     n.add_argument(
@@ -315,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
             privacy_modes=args.privacy_modes,
             allow_evaluation=args.allow_evaluation,
             approved_fabs=tuple(args.approve_fab),
+            extra_config=(
+                {"personal-dir": str(args.personal_dir.resolve())} if args.personal_dir else {}
+            ),
         )
         if not args.approve_fab:
             print(

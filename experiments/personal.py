@@ -11,6 +11,10 @@ Privacy: the personal model never leaves its client and costs no privacy; the gl
 each client's private test data: here they are the experimenter's view of a simulation; in a
 deployment they would stay on the node (written to its own directory) unless released under
 an accounted mechanism.
+
+In a deployment the nodes do this themselves and keep the results: see :mod:`fl_client.personal`
+(``personal-run-<run id>.csv`` in each node's personal directory); :func:`deployment_line`
+reports how many did.
 """
 
 from __future__ import annotations
@@ -39,22 +43,20 @@ PERSONAL_PNG = "personal.png"
 def check_personalization(settings: RunSettings, engine: str) -> None:
     """``personalization`` fits the run (``ValueError`` naming the setting), before any start.
 
-    Fine-tuning needs each client's own test part (naturally federated data) and, for now,
-    the simulation engine (a deployment's nodes would fine-tune and keep the result).
+    In simulation fine-tuning needs each client's own test part (naturally federated data);
+    in a deployment every node's file is its own data, and each node fine-tunes and keeps its
+    personal model (:mod:`fl_client.personal`), so any dataset will do.
     """
     if settings.personalization_mode == "none":
         return
     PersonalConfig.from_settings(settings)  # epochs, learning rate
+    if engine == "deployment":
+        return
     if not is_natural(settings.dataset_name):
         raise ValueError(
             f"personalization.mode={settings.personalization_mode!r} needs a naturally "
             "federated dataset whose clients hold their own test parts (dataset=watch, "
             f"dataset=table), got dataset.name={settings.dataset_name!r}"
-        )
-    if engine != "simulation":
-        raise ValueError(
-            f"personalization.mode={settings.personalization_mode!r} runs in simulation only "
-            f"(federation.engine=simulation), got federation.engine={engine!r}"
         )
 
 
@@ -152,7 +154,18 @@ def summary_line(table: pd.DataFrame) -> str:
     )
 
 
+def deployment_line(summary: dict) -> str:
+    """``personal: 3 of 3 nodes fine-tuned ... and kept it`` (a deployment's summary)."""
+    done, asked = summary.get("personalised_nodes", 0), summary.get("personalisation_asked", 0)
+    return (
+        f"personal: {done} of {asked} nodes fine-tuned the final model on their own data and "
+        "kept it (personal-run-<run id>.csv and the model in each node's personal directory; "
+        "the server learns no accuracy)"
+    )
+
+
 __all__ = [
+    "deployment_line",
     "PERSONAL_CSV",
     "PERSONAL_PNG",
     "check_personalization",

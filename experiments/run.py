@@ -5,8 +5,9 @@
 2. Start a private simulation SuperLink and submit the ServerApp/ClientApp with the flat config.
 3. Follow the run, printing one line per round, until Flower reports it finished.
 4. Write the tables and the plot into Hydra's output directory and print a summary line.
-5. ``personalization`` (simulation): each client fine-tunes the final global model on its own
-   data; ``personal.csv`` and ``personal.png`` (:mod:`experiments.personal`).
+5. ``personalization``: each client fine-tunes the final global model on its own data; in
+   simulation ``personal.csv`` and ``personal.png`` (:mod:`experiments.personal`), in a
+   deployment each node keeps its own (:mod:`fl_client.personal`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.aliases import upgrade_argv
 from experiments.config import DataCheck, check_data, check_resources, to_settings
 from experiments.deploy import check_deployment, deployment_connection
-from experiments.personal import check_personalization, summary_line, write_personal
+from experiments.personal import (
+    check_personalization,
+    deployment_line,
+    summary_line,
+    write_personal,
+)
 from experiments.processes.launcher import FlowerCli, LocalSimulation
 from experiments.report import ledger_epsilons, plot_run, privacy_events, privacy_table
 from experiments.resume import resume_argv, resume_config
 from experiments.schema import register_schema
-from experiments.sweep import job_guard, run_identity
+from experiments.sweep import job_guard, run_identity, shared_superlink
 from privacy import is_private
 from privacy.central import server_ledger_epsilon
 from protocol.atomic import write_atomically
@@ -117,11 +123,22 @@ def run_federation(
     )
     write_atomically(out / "participants.csv", participants.to_csv(index=False))
     printer = RoundPrinter(out, settings)
-    with connection or LocalSimulation(out, settings.num_clients, client_cpus, client_gpus) as sim:
+    summary_path = out / "summary.json"
+    shared = shared_superlink()  # a sweep's SuperLink, else this run starts its own
+    with connection or LocalSimulation(
+        out,
+        settings.num_clients,
+        client_cpus,
+        client_gpus,
+        superlink=shared[0] if shared else None,
+        superlink_pid=shared[1] if shared else None,
+    ) as sim:
+        before = _stamp(summary_path)  # a resumed run may hold an earlier run's summary
         run_id = sim.submit(settings.to_run_config())
         print(f"run {run_id} submitted; logs in {out / 'run.log'}", flush=True)
-        status = sim.follow(run_id, on_tick=printer)
-    summary_path = out / "summary.json"
+        status = sim.follow(
+            run_id, on_tick=printer, completed=lambda: _completion_mark(summary_path, before)
+        )
     if not status.completed or not summary_path.exists():
         tail = _tail(out / "run.log", 30)
         raise RuntimeError(
@@ -140,6 +157,25 @@ def run_federation(
         f"{settings.num_clients} clients",
     )
     return summary
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_ino
+
+
+def _completion_mark(summary_path: Path, before: tuple[int, int] | None) -> bool:
+    """Whether the ServerApp wrote a new ``summary.json`` (written last, atomically)."""
+    stamp = _stamp(summary_path)
+    if stamp is None or stamp == before:
+        return False
+    try:
+        return json.loads(summary_path.read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
 
 
 def with_ledger_epsilon(summary: dict, out: Path) -> dict:
@@ -269,7 +305,9 @@ def execute(cfg: DictConfig, settings: RunSettings, check: DataCheck, out_dir: P
     warning = untrained_warning(out_dir)
     if warning is not None:
         print(warning, flush=True)
-    if settings.personalization_mode != "none":  # 5. in-process: the clients' own view
+    if settings.personalization_mode != "none" and settings.personalization_on_nodes:
+        print(deployment_line(summary), flush=True)  # 5. the nodes kept their own
+    elif settings.personalization_mode != "none":  # 5. in-process: the clients' own view
         print(summary_line(write_personal(settings, out_dir)), flush=True)
     return float(summary[_metric(settings.model_name)])
 

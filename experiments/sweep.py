@@ -7,7 +7,12 @@ combination, each in ``<sweep dir>/<its overrides>/`` (``hydra.sweep.subdir`` is
 1. :class:`SweepCallback.on_multirun_start` expands the sweep exactly as Hydra's basic sweeper
    does, composes every job's config and validates it (:func:`experiments.config.to_settings`,
    :func:`experiments.config.check_data`) before the first run starts; a bad value stops the
-   sweep there, naming the key and the job.
+   sweep there, naming the key and the job. It then starts one simulation SuperLink for the
+   whole sweep (:class:`experiments.processes.launcher.SimulationSuperLink`, its state and log
+   in ``<sweep dir>/.superlink/``): every simulated job submits its run there
+   (:func:`shared_superlink`) instead of starting and stopping its own, which cost each
+   federation a few seconds. It is stopped by PID at the end of the sweep, and on Ctrl-C,
+   SIGTERM or a crash of the sweep (``atexit``).
 2. Each job (:func:`job_guard` in ``experiments.run``) skips itself when its directory already
    holds a completed run, records a failure in ``status.json`` instead of stopping the sweep, and
    prints the sweep's progress (done, running, failed, estimated time left).
@@ -20,9 +25,12 @@ runs only what is missing.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +45,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.processes.launcher import SimulationSuperLink
 from privacy import is_private
 from protocol.atomic import write_atomically
 from protocol.settings import RunSettings
@@ -44,6 +53,9 @@ from protocol.settings import RunSettings
 STATUS_FILE = "status.json"
 SWEEP_FILE = "sweep.json"
 DONE = "completed"
+SUPERLINK_DIR = ".superlink"
+SUPERLINK_ENV = "FEDPRIV_SWEEP_SUPERLINK"
+"""``ADDRESS PID`` of the sweep's simulation SuperLink, for the jobs (also in child processes)."""
 
 
 # --------------------------------------------------------------------------- job status files
@@ -124,7 +136,7 @@ def validate_jobs(
     return checked
 
 
-def _check_job(cfg: DictConfig) -> Any:
+def _check_job(cfg: DictConfig) -> tuple[RunSettings, str]:
     from experiments.config import check_data, to_settings
 
     if cfg.get("resume"):
@@ -134,20 +146,32 @@ def _check_job(cfg: DictConfig) -> Any:
         )
     settings = to_settings(cfg)
     check_data(settings)
-    return settings
+    return settings, str(cfg.federation.engine)
+
+
+def shared_superlink() -> tuple[str, int] | None:
+    """The sweep's simulation SuperLink as ``(address, pid)``; ``None`` outside a sweep."""
+    value = os.environ.get(SUPERLINK_ENV, "").split()
+    if len(value) != 2 or not value[1].isdigit():
+        return None
+    return value[0], int(value[1])
 
 
 class SweepCallback(Callback):
     """Hydra callback (``hydra.callbacks.sweep`` in ``conf/config.yaml``): steps 1 and 3."""
 
+    def __init__(self) -> None:
+        self.superlink: SimulationSuperLink | None = None
+        self._previous_sigterm: Any = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Validate every job, write ``sweep.json``, say how much is left to run."""
+        """Validate every job, write ``sweep.json``, start the sweep's SuperLink."""
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = expand_sweep(config)
         config_name = kwargs.get("config_name") or "config"
         print(f"sweep: checking the {len(jobs)} runs' settings ...", flush=True)
         try:
-            validate_jobs(jobs, config_name, _check_job)
+            checked = validate_jobs(jobs, config_name, _check_job)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
@@ -158,11 +182,34 @@ class SweepCallback(Callback):
             + (f"; {done} of them completed before and will not run again" if done else ""),
             flush=True,
         )
+        if any(engine == "simulation" for _, engine in checked) and done < len(jobs):
+            self.start_superlink(sweep_dir / SUPERLINK_DIR)
+
+    def start_superlink(self, workdir: Path) -> SimulationSuperLink:
+        """Start the SuperLink every job of the sweep submits to; stopped however it ends."""
+        self.superlink = SimulationSuperLink(workdir).start()
+        os.environ[SUPERLINK_ENV] = f"{self.superlink.address} {self.superlink.pid}"
+        atexit.register(self.stop_superlink)  # an exception or Ctrl-C ending the sweep
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+        return self.superlink
+
+    def stop_superlink(self) -> None:
+        """Stop the sweep's SuperLink and everything it started, by PID (idempotent)."""
+        if self.superlink is not None:
+            self.superlink.stop()
+            self.superlink = None
+        os.environ.pop(SUPERLINK_ENV, None)
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        atexit.unregister(self.stop_superlink)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Gather every run of the sweep into the table and the plots."""
+        """Stop the sweep's SuperLink; gather every run into the table and the plots."""
         from experiments.report import report_sweep
 
+        self.stop_superlink()
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             paths = report_sweep(sweep_dir)
@@ -171,6 +218,10 @@ class SweepCallback(Callback):
             return
         print(paths.markdown.read_text(), flush=True)
         print(f"sweep report: {paths.table}, {paths.markdown}, {', '.join(map(str, paths.plots))}")
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # as Ctrl-C: the job is marked interrupted, atexit stops the SuperLink
 
 
 def _run_dirs(sweep_dir: Path) -> list[Path]:

@@ -47,8 +47,10 @@ from tasks.training import (
     select_device,
     trainer_for,
 )
+from tasks.training.personal import PersonalConfig
 
 from .ledger_store import LedgerStore, ledger_path
+from .personal import keep_personal_model, personal_dir
 from .policy import NodePolicy
 
 app = ClientApp()
@@ -345,3 +347,25 @@ def evaluate_reply(msg: Message, result: EvalResult, pid: int) -> Message:
     status = ConfigRecord({keys.REASON: result.reason})
     content = RecordDict({keys.METRICS: MetricRecord(values), keys.STATUS: status})
     return Message(content=content, reply_to=msg)
+
+
+@app.query(keys.PERSONALISE.split(".", 1)[1])
+@sanitised("personalise")
+def personalise_on_node(msg: Message, context: Context) -> Message:
+    """Fine-tune the final global model on this node's data and keep it here (a deployment).
+
+    :mod:`fl_client.personal` writes the personal model and its held-out accuracy into the
+    node's personal directory; the reply carries only the status ``personalised`` (nothing
+    computed from the data, so nothing for the ledger).
+    """
+    settings, _ = _settings(context)
+    pid, num = _identity(context, settings)
+    out = personal_dir(dict(context.node_config))
+    data = _client_data(context, settings, pid, num)
+    device = select_device(settings.device)
+    model = _model(settings, data, msg).to(device)
+    config = PersonalConfig.from_settings(settings)
+    path = keep_personal_model(model, data, config, device, pid, out, int(msg.metadata.run_id))
+    log.info("fedpriv personal model of partition %d kept in %s", pid, path.parent)
+    status = ConfigRecord({keys.STATE: keys.PERSONALISED, keys.REASON: ""})
+    return Message(content=RecordDict({keys.STATUS: status}), reply_to=msg)

@@ -2,7 +2,8 @@
 
 After every round (and the initial evaluation, round 0) the server writes a checkpoint
 (:mod:`protocol.checkpoint`); with ``resume-dir`` set it continues that run from the round
-after its last checkpoint.
+after its last checkpoint. With ``personalization`` in a deployment, the final model then goes to
+every node, which fine-tunes and keeps its personal model (:mod:`fl_server.personal`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tasks.training import evaluate, make_loader, select_device, train_epochs
 
 from .central import CentralDp
 from .mixin import FedPrivMixin
+from .personal import personalise_nodes
 from .recorder import RunRecorder
 from .registry import make_strategy
 from .replies import Weights
@@ -190,9 +192,15 @@ def main(grid: Grid, context: Context) -> None:
         start_round=start_round,
     )
     assert evaluation.last is not None
+    extra: dict[str, int] = {}
+    if settings.personalization_on_nodes and settings.personalization_mode != "none":
+        done, asked = personalise_nodes(grid, evaluation.last, settings.round_timeout)
+        extra = {"personalised_nodes": done, "personalisation_asked": asked}
+        log(INFO, "fedpriv personal models kept on %d of %d nodes", done, asked)
     summary = recorder.finish(
         from_record(evaluation.last),
-        {
+        extra
+        | {
             "run_id": int(context.run_id),
             # false: the noise was derived from the seed (privacy.reproducible_noise): no
             # guarantee against anyone who knows it

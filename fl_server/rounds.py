@@ -6,26 +6,59 @@ evaluation, central evaluation, in that order, each bounded by ``timeout``) star
 ``start_round``: with ``start_round=1`` it does what Flower's does; with ``k + 1`` it continues
 a run whose round ``k`` was checkpointed, and skips the round-0 evaluation that run already did.
 
-``timeout`` bounds each ``grid.send_and_receive``: Flower's grid pulls replies every 3 s until
-all have arrived or ``timeout`` seconds have passed, then returns what it has; a node that never
-answers therefore costs at most ``timeout`` (+3) seconds per round, and the strategy records it
-as failed (see :meth:`fl_server.mixin.FedPrivMixin.aggregate_train`).
+``timeout`` bounds each exchange of messages (:func:`exchange`): the replies are pulled until all
+have arrived or ``timeout`` seconds have passed, then the loop goes on with what it has; a node
+that never answers therefore costs at most ``timeout`` (+1) seconds per round, and the strategy
+records it as failed (see :meth:`fl_server.mixin.FedPrivMixin.aggregate_train`).
+
+:func:`exchange` is Flower's ``Grid.send_and_receive`` (push, then pull until done) with a
+shorter pull interval: a deployment's grid sleeps a fixed 3 s between pulls, so a reply that
+arrives just after a pull waits up to 3 s, once per message and round. :func:`exchange` pulls
+after 0.05 s and backs off to at most 1 s (``bench/overhead.py`` measures the round).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+FIRST_PULL = 0.05
+"""Seconds before the first pull for replies (then x1.5 per empty pull)."""
+MAX_PULL = 1.0
+"""The longest wait between two pulls (Flower's deployment grid waits 3 s)."""
+
+
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+    """Push ``messages`` and pull their replies until all are in or ``timeout`` s have passed.
+
+    Flower's own ``send_and_receive`` contract (the same push and pull calls of the grid), with
+    pulls after 0.05 s, backing off geometrically to one a second; each pull is one small
+    request to the SuperLink.
+    """
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    wait = FIRST_PULL
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(wait, left))
+        wait = min(wait * 1.5, MAX_PULL)
+    return replies
 
 
 def run_rounds(
@@ -62,18 +95,16 @@ def run_rounds(
     arrays = initial_arrays
     for current_round in range(start_round, num_rounds + 1):
         log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-        replies = grid.send_and_receive(
-            messages=strategy.configure_train(current_round, arrays, train_config, grid),
-            timeout=timeout,
+        replies = exchange(
+            grid, strategy.configure_train(current_round, arrays, train_config, grid), timeout
         )
         agg_arrays, agg_metrics = strategy.aggregate_train(current_round, replies)
         if agg_arrays is not None:
             result.arrays = arrays = agg_arrays
         if agg_metrics is not None:
             result.train_metrics_clientapp[current_round] = agg_metrics
-        replies = grid.send_and_receive(
-            messages=strategy.configure_evaluate(current_round, arrays, evaluate_config, grid),
-            timeout=timeout,
+        replies = exchange(
+            grid, strategy.configure_evaluate(current_round, arrays, evaluate_config, grid), timeout
         )
         agg_eval = strategy.aggregate_evaluate(current_round, replies)
         if agg_eval is not None:

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader
 
-from privacy.accounting import calibrate_noise, get_accountant
+from privacy.accounting import get_accountant
+from privacy.calibration_cache import calibrated_noise
+from privacy.ghost import GhostLoss, require_clipped_steps
 from privacy.ledger import PrivacyLedger, SampledGaussianEvent, _check_accountant, _check_delta
 from privacy.modes import PrivacyMode, register_mode
 from privacy.rng import make_generator
@@ -35,8 +37,12 @@ __all__ = [
 ]
 
 
-GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch")
-"""Opacus per-sample-gradient modes that work with the standard DP optimizer."""
+GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
+"""Opacus' exact per-sample-gradient modes: ``hooks``, ``ew`` and ``functorch`` materialise the
+per-sample gradients for the standard DP optimizer; ``ghost`` (fast gradient and ghost
+clipping, Li et al. ICLR 2022, Bu et al. 2022) computes only their norms, then a second
+backward pass of the clipping-weighted loss gives the sum of clipped gradients. All four
+give the same clipped, noised step (``tests/privacy/test_grad_sample_modes.py``)."""
 
 
 def _positive_int(name: str, value: int) -> None:
@@ -106,8 +112,11 @@ def plan_dpsgd(
 
     Memoised: the plan is a pure function of its arguments. The noise multiplier is
     calibrated once (:func:`privacy.accounting.calibrate_noise`: bisection to 1% of the
-    target) and then verified with the same accountant, so the plan's epsilon is at or just
-    under ``target_epsilon``.
+    target), and once per machine rather than per process: the search's result is kept in a
+    cache of public numbers (:func:`privacy.calibration_cache.calibrated_noise`), so the
+    pre-start check and every client process reuse one search. Cached or searched, it is
+    then verified with the same accountant, so the plan's epsilon is at or just under
+    ``target_epsilon``.
 
     Raises
     ------
@@ -131,7 +140,7 @@ def plan_dpsgd(
     steps_per_round = local_epochs * int(1 / sample_rate)
     total_steps = steps_per_round * rounds
     try:
-        noise_multiplier = calibrate_noise(
+        noise_multiplier = calibrated_noise(
             accountant, float(target_epsilon), float(delta), sample_rate, total_steps
         )
     except ValueError as err:
@@ -202,6 +211,17 @@ class PrivateTraining:
         inner = getattr(self.module, "_module", self.module)
         return {k: v.detach().clone() for k, v in inner.state_dict().items()}
 
+    def loss(self, per_sample: torch.Tensor) -> Any:
+        """The step's loss from the batch's per-sample losses: call ``.backward()`` on it.
+
+        The mean for the modes that materialise per-sample gradients; under ``ghost`` Opacus'
+        ``DPTensorFastGradientClipping``, whose ``backward`` runs the norm pass and then the
+        clipped pass (what ``DPLossFastGradientClipping`` returns, without its criterion).
+        """
+        if isinstance(self.optimizer, DPOptimizerFastGradientClipping):
+            return GhostLoss(self.module, self.optimizer, per_sample, "mean")
+        return per_sample.mean()
+
     def empty_step(self) -> None:
         """The noised step of an empty Poisson batch: zero clipped sum plus Gaussian noise.
 
@@ -213,8 +233,14 @@ class PrivateTraining:
         noises, scales by the expected batch size, steps, and its accountant counts the step.
         """
         self.optimizer.zero_grad(set_to_none=True)
+        ghost = isinstance(self.optimizer, DPOptimizerFastGradientClipping)
         for p in self.optimizer.params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            if ghost:  # its optimizer noises p.grad, the already clipped sum
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        if ghost:
+            self.optimizer._fedpriv_clipped = True  # the sum of no gradients: clipped
         self.optimizer.step()
 
     def event(self, round: int) -> SampledGaussianEvent:
@@ -281,8 +307,10 @@ def make_private(
         for why this is not a CSPRNG. Not reproducible.
     grad_sample_mode : str, default "hooks"
         How Opacus computes per-sample gradients: ``hooks`` (module hooks), ``ew`` (PyTorch
-        expanded weights; faster on the CPU for small CNNs) or ``functorch`` (vmap). The
-        mathematics, and so the guarantee, is the same; only the speed differs.
+        expanded weights), ``functorch`` (vmap) or ``ghost`` (per-sample norms only, then a
+        second backward pass; train with :meth:`PrivateTraining.loss`). The clipped sum, the
+        noise and so the guarantee are the same; only the speed differs
+        (``bench/dp_overhead.py``).
 
     Raises
     ------
@@ -332,7 +360,9 @@ def make_private(
     # generator into the Poisson sampler; _prepare_optimizer only reads secure_rng when
     # secure_mode is True, so the noise generator is passed separately as noise_generator.
     engine.secure_rng = sampling_gen
-    dp_module, dp_optimizer, dp_loader = engine.make_private(
+    # Under ghost Opacus also returns a criterion wrapper; PrivateTraining.loss builds the
+    # same DPTensorFastGradientClipping from the trainer's own per-sample loss instead.
+    dp_module, dp_optimizer, *_, dp_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
         data_loader=data_loader,
@@ -342,6 +372,8 @@ def make_private(
         noise_generator=noise_gen,
         grad_sample_mode=grad_sample_mode,
     )
+    if isinstance(dp_optimizer, DPOptimizerFastGradientClipping):
+        require_clipped_steps(dp_optimizer)
     if secure:
         # DPOptimizer.add_noise reads self.secure_mode on every step and then calls
         # _generate_noise(..., secure_mode=True): sum of 4 Gaussians / 2 (arXiv:2107.10138).

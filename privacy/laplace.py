@@ -56,14 +56,21 @@ running time of the rejection samplers, which depends on the sampled noise) are 
 from __future__ import annotations
 
 import math
-import random
-import secrets
 from dataclasses import dataclass
 from fractions import Fraction
-from numbers import Integral, Rational, Real
-from typing import ClassVar, Protocol, runtime_checkable
+from numbers import Integral
 
 import numpy as np
+
+from privacy.exact import (
+    bernoulli,
+    bernoulli_exp,
+    discrete_laplace,
+    discrete_laplace_array,
+    discrete_laplace_ts,
+    exact_fraction,
+)
+from privacy.sources import IntegerSource, SecureSource, SeededSource, make_source
 
 __all__ = [
     "IntegerSource",
@@ -80,339 +87,8 @@ __all__ = [
 _MIN_EXPONENT = -1074  # 2**-1074 is the smallest positive (subnormal) float64
 
 
-@runtime_checkable
-class IntegerSource(Protocol):
-    """A source of uniform random integers, the only randomness the samplers consume."""
-
-    def randbelow(self, n: int) -> int:
-        """Return an integer drawn uniformly from ``[0, n)``, ``n >= 1``."""
-        ...
-
-
-class SecureSource:
-    """Uniform integers from the operating system's CSPRNG (:func:`secrets.randbelow`).
-
-    The default source: not reproducible, and the privacy guarantees of this module hold
-    against any computationally bounded adversary.
-    """
-
-    secret: ClassVar[bool] = True
-
-    def randbelow(self, n: int) -> int:
-        """Return an integer drawn uniformly from ``[0, n)``.
-
-        Parameters
-        ----------
-        n : int
-            Exclusive upper bound, ``n >= 1``.
-
-        Returns
-        -------
-        int
-            A uniform integer in ``[0, n)``.
-
-        Raises
-        ------
-        ValueError
-            If ``n`` is not a positive int.
-
-        """
-        _check_bound(n)
-        return secrets.randbelow(n)
-
-    def __repr__(self) -> str:
-        return "SecureSource()"
-
-
-class SeededSource:
-    """Reproducible uniform integers from ``random.Random(seed)``: NO privacy guarantee.
-
-    Anyone who knows (or guesses) the seed can regenerate the noise exactly and subtract it,
-    so outputs produced with this source carry no differential-privacy guarantee against
-    them. Use it for tests and reproducible experiments only.
-
-    Parameters
-    ----------
-    seed : int
-        A non-negative int.
-
-    Raises
-    ------
-    ValueError
-        If ``seed`` is negative, a bool, or not an int.
-
-    """
-
-    secret: ClassVar[bool] = False
-
-    def __init__(self, seed: int) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self._seed = seed
-        self._rng = random.Random(seed)
-
-    def randbelow(self, n: int) -> int:
-        """Return an integer drawn uniformly from ``[0, n)`` (Mersenne Twister).
-
-        Parameters
-        ----------
-        n : int
-            Exclusive upper bound, ``n >= 1``.
-
-        Returns
-        -------
-        int
-            A uniform integer in ``[0, n)``.
-
-        Raises
-        ------
-        ValueError
-            If ``n`` is not a positive int.
-
-        """
-        _check_bound(n)
-        return self._rng.randrange(n)
-
-    def __repr__(self) -> str:
-        return f"SeededSource(seed={self._seed})"
-
-
-def make_source(seed: int | None, *, reproducible: bool) -> IntegerSource:
-    """Create the randomness source for the samplers.
-
-    Parameters
-    ----------
-    seed : int or None
-        Seed of the reproducible source. Required when ``reproducible`` is ``True``; ignored
-        otherwise.
-    reproducible : bool
-        ``False`` (the safe choice): a :class:`SecureSource`. ``True``: a
-        :class:`SeededSource`, which gives no guarantee against anyone who knows the seed.
-
-    Returns
-    -------
-    IntegerSource
-        The source.
-
-    Raises
-    ------
-    ValueError
-        If ``reproducible`` is ``True`` and ``seed`` is ``None`` or not a non-negative int.
-
-    """
-    if not reproducible:
-        return SecureSource()
-    if seed is None:
-        raise ValueError("seed must be set for a reproducible source, got None")
-    return SeededSource(seed)
-
-
-def _check_bound(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"randbelow bound n must be a positive int, got {n!r}")
-
-
-def _exact(value: object, name: str) -> Fraction:
-    """Convert an int, Fraction or finite float to a Fraction exactly."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if isinstance(value, Integral):
-        return Fraction(int(value))
-    if isinstance(value, Rational):
-        return Fraction(int(value.numerator), int(value.denominator))
-    if isinstance(value, Real):
-        as_float = float(value)
-        if math.isfinite(as_float):
-            return Fraction(as_float)
-    raise ValueError(f"{name} must be a finite int, Fraction or float, got {value!r}")
-
-
-# --- exact samplers on integers (the public functions validate, then call these) ---
-
-
-def _bernoulli_ratio(num: int, den: int, source: IntegerSource) -> bool:
-    """Exact Bernoulli(num / den) for integers ``num >= 0``, ``den >= 1``."""
-    if num <= 0:
-        return False
-    if num >= den:
-        return True
-    return source.randbelow(den) < num
-
-
-def _bernoulli_exp_unit(num: int, den: int, source: IntegerSource) -> bool:
-    """Exact Bernoulli(exp(-num / den)) for ``0 <= num <= den`` (CKS Alg. 1, gamma <= 1).
-
-    ``K`` counts how many successive Bernoulli(gamma / K) succeed; ``P(K odd) = exp(-gamma)``.
-    """
-    k = 1
-    while _bernoulli_ratio(num, den * k, source):
-        k += 1
-    return k % 2 == 1
-
-
-def _bernoulli_exp_ratio(num: int, den: int, source: IntegerSource) -> bool:
-    """Exact Bernoulli(exp(-num / den)) for ``num >= 0``, ``den >= 1`` (CKS Alg. 1)."""
-    whole, rest = divmod(num, den)
-    for _ in range(whole):
-        if not _bernoulli_exp_unit(1, 1, source):
-            return False
-    return _bernoulli_exp_unit(rest, den, source)
-
-
-def _discrete_laplace_ts(t: int, s: int, source: IntegerSource) -> int:
-    """Exact discrete Laplace of scale ``t / s`` (CKS Alg. 2), ``t, s >= 1`` integers."""
-    while True:
-        u = source.randbelow(t)
-        if not _bernoulli_exp_unit(u, t, source):  # accept U with probability exp(-U / t)
-            continue
-        v = 0  # V ~ Geometric(1 - exp(-1)) on {0, 1, ...}
-        while _bernoulli_exp_unit(1, 1, source):
-            v += 1
-        y = (u + t * v) // s  # X = U + tV ~ Geometric(1 - exp(-1/t)); Y = floor(X / s)
-        negative = source.randbelow(2) == 1
-        if negative and y == 0:  # avoid counting 0 twice
-            continue
-        return -y if negative else y
-
-
-def _scale_parts(scale: Fraction, name: str = "scale") -> tuple[int, int]:
-    exact = _exact(scale, name)
-    if exact <= 0:
-        raise ValueError(f"{name} must be > 0, got {scale!r}")
-    return exact.numerator, exact.denominator
-
-
-# --- public samplers ---
-
-
-def bernoulli(p: Fraction, source: IntegerSource) -> bool:
-    """Draw an exact Bernoulli(``p``) sample.
-
-    Parameters
-    ----------
-    p : Fraction
-        Success probability in ``[0, 1]``; an int or a float (converted exactly with
-        ``Fraction(p)``) is also accepted.
-    source : IntegerSource
-        Uniform integers; one ``randbelow(p.denominator)`` call unless ``p`` is 0 or 1.
-
-    Returns
-    -------
-    bool
-        ``True`` with probability exactly ``p``.
-
-    Raises
-    ------
-    ValueError
-        If ``p`` is not a number in ``[0, 1]``.
-
-    """
-    exact = _exact(p, "p")
-    if not 0 <= exact <= 1:
-        raise ValueError(f"p must be in [0, 1], got {p!r}")
-    return _bernoulli_ratio(exact.numerator, exact.denominator, source)
-
-
-def bernoulli_exp(gamma: Fraction, source: IntegerSource) -> bool:
-    """Draw an exact Bernoulli(``exp(-gamma)``) sample (Canonne, Kamath, Steinke 2020, Alg. 1).
-
-    For ``gamma <= 1`` it runs the loop ``K = 1; while Bernoulli(gamma / K): K += 1`` and
-    returns whether ``K`` is odd (probability ``exp(-gamma)``). For ``gamma > 1`` it returns
-    the product of ``floor(gamma)`` Bernoulli(``exp(-1)``) samples and one
-    Bernoulli(``exp(-(gamma - floor(gamma)))``), stopping at the first failure.
-
-    Parameters
-    ----------
-    gamma : Fraction
-        Non-negative exponent; an int or a float (converted exactly) is also accepted.
-    source : IntegerSource
-        Uniform integers.
-
-    Returns
-    -------
-    bool
-        ``True`` with probability exactly ``exp(-gamma)``.
-
-    Raises
-    ------
-    ValueError
-        If ``gamma`` is negative or not a finite number.
-
-    """
-    exact = _exact(gamma, "gamma")
-    if exact < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma!r}")
-    return _bernoulli_exp_ratio(exact.numerator, exact.denominator, source)
-
-
-def discrete_laplace(scale: Fraction, source: IntegerSource) -> int:
-    """Draw an exact discrete Laplace sample (Canonne, Kamath, Steinke 2020, Alg. 2).
-
-    The output ``x`` is an integer with ``P(x) = (1 - q) / (1 + q) * q**|x|``,
-    ``q = exp(-1 / scale)``, i.e. ``P(x)`` proportional to ``exp(-|x| / scale)``. With
-    ``scale = t / s`` in lowest terms, Algorithm 2 draws ``U`` uniform in ``[0, t)``
-    (accepted with probability ``exp(-U / t)``) and ``V`` geometric, so ``X = U + t V`` is
-    geometric of scale ``t``; ``floor(X / s)`` with a random sign (rejecting ``-0``) is the
-    sample. An integer scale (``s = 1``) is the fastest case.
-
-    Parameters
-    ----------
-    scale : Fraction
-        Scale ``> 0``; an int or a float (converted exactly) is also accepted.
-    source : IntegerSource
-        Uniform integers.
-
-    Returns
-    -------
-    int
-        The sample.
-
-    Raises
-    ------
-    ValueError
-        If ``scale`` is not a finite number ``> 0``.
-
-    """
-    t, s = _scale_parts(scale)
-    return _discrete_laplace_ts(t, s, source)
-
-
-def discrete_laplace_array(scale: Fraction, size: int, source: IntegerSource) -> np.ndarray:
-    """Draw ``size`` i.i.d. exact discrete Laplace samples (see :func:`discrete_laplace`).
-
-    Parameters
-    ----------
-    scale : Fraction
-        Scale ``> 0``; an int or a float (converted exactly) is also accepted.
-    size : int
-        Number of samples, ``>= 0``.
-    source : IntegerSource
-        Uniform integers.
-
-    Returns
-    -------
-    numpy.ndarray
-        A 1-D ``int64`` array of length ``size``.
-
-    Raises
-    ------
-    ValueError
-        If ``scale`` is not a finite number ``> 0`` or ``size`` is not a non-negative int.
-    OverflowError
-        If a sample does not fit in ``int64`` (only conceivable for scales near ``1e17``).
-
-    """
-    t, s = _scale_parts(scale)
-    if isinstance(size, bool) or not isinstance(size, Integral) or size < 0:
-        raise ValueError(f"size must be a non-negative int, got {size!r}")
-    return np.array([_discrete_laplace_ts(t, s, source) for _ in range(int(size))], np.int64)
-
-
-# --- the mechanism ---
-
-
 def _positive_finite(value: object, name: str) -> Fraction:
-    exact = _exact(value, name)
+    exact = exact_fraction(value, name)
     if exact <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return exact
@@ -513,7 +189,7 @@ class SnappedLaplace:
             raise ValueError(f"changed must be an int in [1, dim={self.dim}], got {c!r}")
         if self.granularity is not None:
             g = self.granularity
-            if isinstance(g, bool) or not _is_float_power_of_two(_exact(g, "granularity")):
+            if isinstance(g, bool) or not _is_float_power_of_two(exact_fraction(g, "granularity")):
                 raise ValueError(f"granularity must be a positive power of two, got {g!r}")
         elif self._auto_exponent() < _MIN_EXPONENT:
             raise ValueError(
@@ -532,7 +208,7 @@ class SnappedLaplace:
 
     def _auto_exponent(self) -> int:
         """Largest ``k`` with ``changed * 2**k <= sensitivity / 100``, in exact arithmetic."""
-        target = _exact(self.sensitivity, "sensitivity") / (100 * self._changed)
+        target = exact_fraction(self.sensitivity, "sensitivity") / (100 * self._changed)
         k = target.numerator.bit_length() - target.denominator.bit_length()
         while Fraction(2) ** k > target:
             k -= 1
@@ -544,13 +220,13 @@ class SnappedLaplace:
     def gamma(self) -> float:
         """Grid step, a power of two (``granularity``, or chosen automatically)."""
         if self.granularity is not None:
-            return float(_exact(self.granularity, "granularity"))
+            return float(exact_fraction(self.granularity, "granularity"))
         return math.ldexp(1.0, self._auto_exponent())
 
     @property
     def integer_sensitivity(self) -> int:
         """L1 sensitivity of ``round(v / gamma)``: ``ceil(sensitivity / gamma) + changed``."""
-        ratio = _exact(self.sensitivity, "sensitivity") / Fraction(self.gamma)
+        ratio = exact_fraction(self.sensitivity, "sensitivity") / Fraction(self.gamma)
         return math.ceil(ratio) + self._changed
 
     @property
@@ -560,7 +236,7 @@ class SnappedLaplace:
         Close to ``sensitivity / epsilon``; the excess is the cost of snapping (about 1% plus
         one grid step with the automatic ``gamma``).
         """
-        epsilon = _exact(self.epsilon, "epsilon")
+        epsilon = exact_fraction(self.epsilon, "epsilon")
         exact = Fraction(self.gamma) * self.integer_sensitivity / epsilon
         return _exact_to_float(exact)
 
@@ -606,8 +282,8 @@ class SnappedLaplace:
             int(r) if math.isfinite(r) else round(Fraction(v) / gamma_exact)  # overflowed
             for r, v in zip(rounded.tolist(), flat.tolist(), strict=True)
         ]
-        t = Fraction(self.integer_sensitivity) / _exact(self.epsilon, "epsilon")
-        noise = [_discrete_laplace_ts(t.numerator, t.denominator, source) for _ in centre]
+        t = Fraction(self.integer_sensitivity) / exact_fraction(self.epsilon, "epsilon")
+        noise = [discrete_laplace_ts(t.numerator, t.denominator, source) for _ in centre]
         out = np.array(
             [_grid_value(c + z, gamma, gamma_exact) for c, z in zip(centre, noise, strict=True)],
             np.float64,

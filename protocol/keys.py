@@ -45,3 +45,10 @@ REASON = "reason"
 # Values of STATE
 TRAINED = "trained"
 DECLINED_BUDGET = "declined-budget"
+PERSONALISED = "personalised"
+"""Reply to the personalisation query: the node fine-tuned the final model and kept it."""
+
+# Query messages
+PERSONALISE = "query.personalise"
+"""Message type asking a node to fine-tune the final global model (ARRAYS) on its own data and
+keep it there (``personalization`` in a deployment); the reply carries nothing but its STATE."""

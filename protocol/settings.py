@@ -89,6 +89,7 @@ class RunSettings:
     dataset_bounds: str = _f("dataset.bounds")
     dataset_normalization: str = _f("dataset.normalization")
     dataset_test_fraction: float = _f("dataset.test_fraction")
+    dataset_pipeline: str = _f("dataset.pipeline")
     model_name: str = _f("model.name")
     model_hidden: int = _f("model.hidden")
     privacy_mode: str = _f("privacy.mode")
@@ -143,6 +144,11 @@ class RunSettings:
     device: str = _f("device")
     output_dir: str = field(default="", metadata={"key": "output_dir", "setting": False})
     """Where the run writes (set by ``experiments``, not a setting of ``conf/``)."""
+    personalization_on_nodes: bool = field(
+        default=False, metadata={"key": "personalization_on_nodes", "setting": False}
+    )
+    """``personalization`` runs on the nodes, which keep the results (a deployment; set by
+    ``experiments`` from ``federation.engine``): the ServerApp sends them the final model."""
     round_timeout: float = _f("federation.round_timeout")
     min_replies: int = _f("federation.min_replies")
     resume_dir: str = _f("resume")
@@ -297,7 +303,8 @@ class RunSettings:
 _SETTINGS = tuple(
     f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("setting", True)
 )
-"""Fields that are settings of :mod:`protocol.groups` (all but ``output_dir``)."""
+"""Fields that are settings of :mod:`protocol.groups` (all but ``output_dir`` and
+``personalization_on_nodes``)."""
 
 _RENAMED_VALUES = {
     name: RENAMED_VALUES[RunSettings.setting_name(name)]
@@ -330,7 +337,7 @@ def pyproject_section() -> str:
     """``pyproject.toml``'s ``[tool.flwr.app.config]``: the defaults of ``flwr run .``."""
     lines = [
         "[tool.flwr.app.config]",
-        "# Generated from protocol/groups.py by `python -m protocol.settings --pyproject --write`;",
+        "# Generated from protocol/groups/ by `python -m protocol.settings --pyproject --write`;",
         "# tests/protocol/test_one_source.py checks that it is current.",
     ]
     for key, value in RunSettings().to_run_config().items():

@@ -1,9 +1,11 @@
 """Flower's processes, started, watched and stopped by PID; nothing else of fedpriv imported.
 
 =================  ==========================================================================
-``launcher``       ports, environment (own ``FLWR_HOME``), stopping process trees,
-                   :class:`~experiments.processes.launcher.OwnedProcess`, the ``flwr`` CLI
-                   connection and ``LocalSimulation`` (the simulation engine)
+``procs``          ports, environment (own ``FLWR_HOME``), stopping process trees, the slim
+                   app copy ``flwr run`` packs, a simulation SuperLink shared by a sweep
+``launcher``       :class:`~experiments.processes.launcher.OwnedProcess`, the ``flwr`` CLI
+                   connection and ``LocalSimulation`` (the simulation engine); re-exports
+                   ``procs``
 ``superlink``      the operator's ``flower-superlink`` (TLS, node authentication); register
                    and list SuperNodes
 ``supernode``      a participant's ``flower-supernode`` and its node config (``NodeSpec``)

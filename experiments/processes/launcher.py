@@ -2,8 +2,10 @@
 
 The pieces every other module here builds on: free loopback ports, waiting for a port,
 stopping a process with all its descendants, each process's own ``FLWR_HOME`` and environment
-(:func:`flower_env`, :class:`Tuning`), :class:`OwnedProcess` (one long-running process and its
-log, owned by PID), and :class:`FlowerCli` (submit, follow and stop runs with ``flwr``).
+(:func:`flower_env`; these live in :mod:`experiments.processes.procs` and are re-exported
+here), :class:`Tuning`, :class:`OwnedProcess` (one long-running process and its log, owned by
+PID), and :class:`FlowerCli` (submit, follow and stop runs with ``flwr``; it submits a slim
+copy of the app, :func:`~experiments.processes.procs.stage_app`).
 
 :class:`LocalSimulation` runs the apps on Flower's simulation engine. ``flwr run`` with the
 default local connection leaves a detached SuperLink behind and may ``uv sync`` the app's
@@ -11,6 +13,8 @@ dependencies; this class instead starts its own ``flower-superlink --simulation`
 loopback port with its own ``FLWR_HOME``, submits the run with ``flwr run``, follows it with
 ``flwr ls`` (``flwr run`` exits 0 even when the ServerApp fails), and stops every process it
 started (the SuperLink and all its descendants, Ray included) on success, error and Ctrl-C.
+Given a running SuperLink's address instead (a sweep's,
+:class:`~experiments.processes.procs.SimulationSuperLink`), it submits there and stops nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,92 +31,48 @@ from typing import IO, Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-"""The checkout: the Flower app's directory, put on every Flower process's ``PYTHONPATH``."""
+from experiments.processes.procs import (
+    FAB_STAGE,
+    REPO,
+    SimulationSuperLink,
+    bin_path,
+    fab_patterns,
+    flower_env,
+    free_port,
+    processes_in_home,
+    stage_app,
+    start_simulation_superlink,
+    stop_process_tree,
+    wait_for_port,
+)
+
+__all__ = [
+    "COMPLETED",
+    "SIMULATION_EXIT_WAIT",
+    "CONNECTION",
+    "FAB_STAGE",
+    "POLL_ENV",
+    "REPO",
+    "FlowerCli",
+    "LocalSimulation",
+    "OwnedProcess",
+    "RunStatus",
+    "SimulationSuperLink",
+    "Tuning",
+    "bin_path",
+    "dial_address",
+    "fab_patterns",
+    "flower_env",
+    "free_port",
+    "processes_in_home",
+    "stage_app",
+    "start_simulation_superlink",
+    "stop_process_tree",
+    "wait_for_port",
+    "wait_for_simulations",
+]
+
 CONNECTION = "fedpriv"
-
-
-def bin_path(name: str) -> str:
-    """A console script installed beside the running interpreter."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(
-    port: int,
-    proc: subprocess.Popen[bytes],
-    timeout: float,
-    name: str = "flower-superlink",
-    host: str = "127.0.0.1",
-) -> None:
-    """Wait until ``proc`` (called ``name`` in errors) listens on ``host:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {proc.returncode} at start")
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{name} did not listen on {host}:{port} within {timeout:g} s")
-
-
-def stop_process_tree(proc: psutil.Process | subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """Terminate ``proc`` and every descendant by PID: SIGTERM, then SIGKILL after ``grace``."""
-    try:
-        root = psutil.Process(proc.pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    if isinstance(proc, subprocess.Popen):
-        proc.wait(timeout=5)
-
-
-def processes_in_home(home: Path) -> list[psutil.Process]:
-    """Processes (other than this one) whose ``FLWR_HOME`` lies under ``home``."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            flwr_home = proc.environ().get("FLWR_HOME", "")
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-        if flwr_home and Path(flwr_home).is_relative_to(home) and proc.pid != os.getpid():
-            found.append(proc)
-    return found
-
-
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for a Flower process: its own ``FLWR_HOME``, no telemetry, no ``uv sync``."""
-    env = dict(os.environ)
-    env |= {
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        "RAY_DEDUP_LOGS": "0",
-        # Flower starts its helpers (flower-superexec, flwr-serverapp) by name.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    }
-    return env | dict(extra or {})
 
 
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
@@ -219,6 +176,9 @@ class OwnedProcess:
         self.stop()
 
 
+COMPLETED = "finished:completed"
+
+
 @dataclass
 class RunStatus:
     """A run's status as ``flwr ls`` reports it, e.g. ``finished:completed``."""
@@ -234,7 +194,7 @@ class RunStatus:
     @property
     def completed(self) -> bool:
         """True only for a run that finished without error."""
-        return self.text == "finished:completed"
+        return self.text == COMPLETED
 
 
 class FlowerCli:
@@ -253,6 +213,8 @@ class FlowerCli:
         self.flwr_home = workdir / ".flwr"
         self.app_dir = app_dir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.superlink_pid: int | None = None
+        """A SuperLink another object owns (a sweep's), watched while following a run."""
 
     def write_connection(
         self, address: str, root_certificates: Path | None = None, insecure: bool = False
@@ -305,9 +267,10 @@ class FlowerCli:
         """Start the app with ``run_config``; returns the run id."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         federation = self.federation_config()
+        app = stage_app(self.app_dir, self.workdir / FAB_STAGE)
         res = self._flwr(
             "run",
-            str(self.app_dir),
+            str(app),
             CONNECTION,
             "--run-config",
             overrides,
@@ -339,9 +302,10 @@ class FlowerCli:
         self,
         run_id: int,
         on_tick: Callable[[], None] = lambda: None,
-        poll: float = 2.0,
+        poll: float = 0.5,
         timeout: float | None = None,
         status_every: float = 20.0,
+        completed: Callable[[], bool] | None = None,
     ) -> RunStatus:
         """Wait until the run finishes, calling ``on_tick`` every ``poll`` s; stop it on Ctrl-C.
 
@@ -349,6 +313,12 @@ class FlowerCli:
         here), so it is asked when ``flwr log --stream`` ends (it does when the run does) and
         otherwise only every ``status_every`` seconds: polling it every 2 s took a sizeable
         share of a 2-core machine from the clients' training.
+
+        ``completed``: the app's own completion mark (fedpriv's ServerApp writes
+        ``summary.json`` last). Once it returns true the run is reported completed at once
+        (``details`` says so) rather than after Flower has shut the simulation down, its log
+        stream has noticed and ``flwr ls`` has answered (5-10 s here); a run Flower ends
+        otherwise is still reported as Flower reports it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         logs = subprocess.Popen(
@@ -363,14 +333,17 @@ class FlowerCli:
             asked = -math.inf
             while True:
                 on_tick()
+                if completed is not None and completed():
+                    on_tick()
+                    return RunStatus(COMPLETED, "the app wrote its completion mark")
                 if logs.poll() is not None or time.monotonic() - asked >= status_every:
                     asked = time.monotonic()
                     status = self.status(run_id)
                     if status.finished:
                         on_tick()
                         return status
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"flower-superlink died (exit {self.proc.returncode})")
+                if not self.superlink_alive():
+                    raise RuntimeError("flower-superlink died" + self._exit_text())
                 if deadline is not None and time.monotonic() > deadline:
                     self.stop(run_id)
                     raise TimeoutError(f"run {run_id} did not finish within {timeout:g} s")
@@ -381,16 +354,36 @@ class FlowerCli:
         finally:
             stop_process_tree(logs, grace=2)
 
+    def superlink_alive(self) -> bool:
+        """Whether the SuperLink this object watches (``proc`` or ``superlink_pid``) runs."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.superlink_pid is not None:
+            try:
+                return psutil.Process(self.superlink_pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+        return True
+
+    def _exit_text(self) -> str:
+        return f" (exit {self.proc.returncode})" if self.proc is not None else ""
+
 
 class LocalSimulation(FlowerCli):
-    """A SuperLink in simulation mode, owned by this process (a context manager).
+    """A run on Flower's simulation engine: on its own SuperLink, or on a shared one.
 
     Parameters
     ----------
     workdir
-        Holds ``FLWR_HOME`` (the connection config, the SuperLink's state) and its log.
+        Holds ``FLWR_HOME`` (the connection config; with its own SuperLink, the SuperLink's
+        state too), the run's log and, with its own SuperLink, ``superlink.log``.
     num_supernodes, client_cpus, client_gpus
         The simulated federation: one SuperNode per client, resources per ClientApp.
+    superlink, superlink_pid
+        A running simulation SuperLink's address (:class:`SimulationSuperLink`, e.g. a
+        sweep's) and its process id: the run is submitted there and nothing is started or
+        stopped; without them (a single run) this object starts its own SuperLink on entry
+        and stops it, with all its descendants, Ray included, on exit.
     """
 
     def __init__(
@@ -400,11 +393,15 @@ class LocalSimulation(FlowerCli):
         client_cpus: int = 1,
         client_gpus: float = 0.0,
         app_dir: Path = REPO,
+        superlink: str | None = None,
+        superlink_pid: int | None = None,
     ) -> None:
         super().__init__(workdir, app_dir)
         self.num_supernodes = num_supernodes
         self.client_cpus = client_cpus
         self.client_gpus = client_gpus
+        self.shared = superlink
+        self.superlink_pid = superlink_pid
         self.port = 0
         self._log: IO[bytes] | None = None
 
@@ -418,37 +415,62 @@ class LocalSimulation(FlowerCli):
         )
 
     def __enter__(self) -> LocalSimulation:
-        self.port = free_port()
-        self.write_connection(f"127.0.0.1:{self.port}", insecure=True)
+        if self.shared is not None:
+            self.port = int(self.shared.rsplit(":", 1)[1])
+            self.write_connection(self.shared, insecure=True)
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.workdir / "superlink.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                bin_path("flower-superlink"),
-                "--simulation",
-                "--insecure",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--disable-runtime-dependency-installation",
-            ],
-            env=self.env,
-            cwd=self.workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         try:
-            wait_for_port(self.port, self.proc, timeout=60)
+            self.proc, self.port = start_simulation_superlink(self.workdir, self.env, self._log)
         except BaseException:
             self.__exit__(None, None, None)
             raise
+        self.write_connection(f"127.0.0.1:{self.port}", insecure=True)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object = None, *exc: object) -> None:
         if self.proc is not None:
+            if exc_type is None:  # let a finished run's simulation shut Ray down itself
+                wait_for_simulations(self.proc, timeout=SIMULATION_EXIT_WAIT)
             stop_process_tree(self.proc)
             self.proc = None
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+SIMULATION_EXIT_WAIT = 20.0
+"""Seconds a finished run's ``flwr-simulation`` may take to exit before it is stopped."""
+
+
+def wait_for_simulations(superlink: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait (up to ``timeout`` s) for the ``flwr-simulation`` processes under ``superlink``.
+
+    A run followed to the app's completion mark (:meth:`FlowerCli.follow`) still has its
+    simulation process shutting Ray down and pushing its outputs (2-4 s here). Sending
+    SIGTERM to that process tree mid-shutdown took longer (5 s and more) than letting it end.
+    """
+    try:
+        family = psutil.Process(superlink.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    simulations = []
+    for proc in family:
+        try:
+            if any("flwr-simulation" in part for part in proc.cmdline()[:2]):
+                simulations.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    deadline = time.monotonic() + timeout
+    while simulations and time.monotonic() < deadline:
+        simulations = [p for p in simulations if _running(p)]  # an unreaped zombie has ended
+        time.sleep(0.1)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

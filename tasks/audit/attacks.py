@@ -15,6 +15,8 @@ heads" (the slot held ``(x_i, y_in_i)`` rather than ``(x_i, y_out_i)``):
   ``privacy.reproducible_noise=true`` and the auditor knows the seed): it replays the client's
   round from the same global weights with every slot holding its replacement, and aligns with
   ``w_client - w_replayed``, from which the same noise has cancelled.
+* ``replay_objective`` (:mod:`tasks.audit.objective`): the same auditor against the functional
+  mechanism's released objectives, in objective space.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.audit.canaries import Canaries
+from tasks.audit.canaries import Canaries, DiracCanaries
 from tasks.models.registry import set_weights
 
 Weights = dict[str, np.ndarray]
@@ -48,8 +50,8 @@ class AttackView:
         The audited client's reply in each round (None when it declined).
     final : dict
         The final global model (what a black-box attacker queries).
-    canaries : Canaries
-        The public canary design.
+    canaries : Canaries or None
+        The public design of input-space canaries (None under ``audit.canary_kind=gradient``).
     clip : float
         The per-record clipping norm the attacker assumes (public setting; 0: no clipping).
     replayed : list of dict or None
@@ -60,12 +62,29 @@ class AttackView:
     global_weights: list[Weights]
     client_weights: list[Weights | None]
     final: Weights
-    canaries: Canaries
+    canaries: Canaries | None = None
     clip: float = 0.0
     replayed: list[Weights | None] | None = None
     known: tuple[np.ndarray, np.ndarray] | None = None
     """The audited client's own (non-canary) training records, for an attacker that knows them:
     ``whitebox_known`` only (the threat model of DP itself: everything but the coins)."""
+    client_releases: Sequence[Weights | None] = ()
+    """The audited client's released arrays each round (the functional mechanism's noisy
+    objectives under ``privacy.functional_aggregation=objective``; None otherwise)."""
+    replayed_release: Weights | None = None
+    """The release redrawn on the reference data with the known noise (``replay_objective``)."""
+    dirac: DiracCanaries | None = None
+    """The public coordinates of Dirac gradient canaries (``audit.canary_kind=gradient``)."""
+    others: Sequence[Sequence[Weights | None]] = ()
+    """Each round, the replies of the clients other than the audited one (the server sees them)."""
+
+    def input_canaries(self) -> Canaries:
+        """The input-space canaries; ``ValueError`` when the run has gradient canaries."""
+        if self.canaries is None:
+            raise ValueError(
+                "this attack scores input-space canaries: it needs audit.canary_kind=input"
+            )
+        return self.canaries
 
 
 @torch.no_grad()
@@ -172,7 +191,8 @@ def blackbox(view: AttackView) -> np.ndarray:
     """Scores from the final global model's losses."""
     model = view.build()
     set_weights(model, view.final)
-    return centred(loss_scores(model, view.canaries), view.canaries)
+    canaries = view.input_canaries()
+    return centred(loss_scores(model, canaries), canaries)
 
 
 def _update_scores(
@@ -185,11 +205,12 @@ def _update_scores(
     Rounds where the client sent nothing (or there is no reference) are skipped.
     """
     model = view.build()
-    total = np.zeros(len(view.canaries))
+    canaries = view.input_canaries()
+    total = np.zeros(len(canaries))
     for g, w, ref in zip(view.global_weights, view.client_weights, references, strict=True):
         if w is not None and ref is not None:
-            total += gradient_scores(model, g, _minus(w, ref), view.canaries, view.clip, known)
-    return centred(total, view.canaries)
+            total += gradient_scores(model, g, _minus(w, ref), canaries, view.clip, known)
+    return centred(total, canaries)
 
 
 def whitebox(view: AttackView) -> np.ndarray:
@@ -218,3 +239,6 @@ ATTACKS: dict[str, Callable[[AttackView], np.ndarray]] = {
     "replay": replay,
 }
 """The attacks by name (``audit.attacks``)."""
+
+ATTACK_CANARIES: dict[str, str] = {name: "input" for name in ATTACKS}
+"""The canary kind (:data:`tasks.audit.canaries.CANARY_KINDS`) each attack scores."""

@@ -9,6 +9,11 @@ replace-one, the relation every fedpriv guarantee is stated for (``docs/privacy.
 client's ``n`` is public and does not depend on the coins). The canaries themselves are public
 (derived from the run's seed: the attacker knows them); only the coins are secret, drawn from
 the OS's CSPRNG (:class:`secrets.SystemRandom`) and never derived from a seed.
+
+``audit.canary_kind`` (:data:`CANARY_KINDS`) picks these input-space canaries (``input``) or
+Dirac gradient canaries (``gradient``, :class:`DiracCanaries`: one public parameter coordinate
+per canary, whose slot's per-sample gradient is ``+C`` or ``-C`` there by the same secret coin;
+the trainer that adds them is :mod:`tasks.audit.gradient`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,17 @@ import secrets
 from dataclasses import dataclass
 
 import numpy as np
+from torch import nn
 
 from tasks.data.partition import ClientData
+
+Weights = dict[str, np.ndarray]
+
+CANARY_KINDS: dict[str, str] = {
+    "input": "mislabelled crafted records in the audited client's training data",
+    "gradient": "Dirac gradient canaries in the audited client's DP-SGD (white-box)",
+}
+"""``audit.canary_kind``: the kinds of canary, and what each is."""
 
 
 @dataclass(frozen=True)
@@ -86,3 +100,39 @@ def insert_canaries(data: ClientData, canaries: Canaries, coins: np.ndarray) -> 
         x_train=np.concatenate([data.x_train, canaries.x.astype(data.x_train.dtype)]),
         y_train=np.concatenate([data.y_train, labels]),
     )
+
+
+@dataclass(frozen=True)
+class DiracCanaries:
+    """``m`` public canary coordinates (the attacker knows them; the coins it does not)."""
+
+    names: tuple[str, ...]
+    """The trainable parameters, in ``named_parameters`` order (the optimizer's)."""
+    sizes: tuple[int, ...]
+    """Their numbers of entries."""
+    index: np.ndarray
+    """Shape ``(m,)``: each canary's coordinate in the concatenation of the flat parameters."""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def at(self, weights: Weights) -> np.ndarray:
+        """The values of ``weights`` at the canaries' coordinates, float64."""
+        flat = np.concatenate(
+            [np.asarray(weights[k], dtype=np.float64).reshape(-1) for k in self.names]
+        )
+        return flat[self.index]
+
+
+def make_gradient_canaries(model: nn.Module, m: int, seed: int) -> DiracCanaries:
+    """``m`` distinct coordinates of ``model``'s trainable parameters, drawn from ``seed``."""
+    named = [(k, p.numel()) for k, p in model.named_parameters() if p.requires_grad]
+    total = sum(n for _, n in named)
+    if m > total:
+        raise ValueError(
+            f"audit.canaries must be at most the model's {total} trainable parameters for "
+            f"audit.canary_kind=gradient (one coordinate per canary), got {m}"
+        )
+    rng = np.random.default_rng([seed, 0xD12AC])
+    index = rng.choice(total, size=m, replace=False).astype(np.int64)
+    return DiracCanaries(tuple(k for k, _ in named), tuple(n for _, n in named), index)

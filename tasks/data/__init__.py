@@ -2,13 +2,15 @@
 
 :mod:`tasks.data.registry` defines :class:`DataBundle` and the registry; the sources
 :mod:`tasks.data.images` (digits, MNIST, Hugging Face), :mod:`tasks.data.tabular` (Adult,
-wage), :mod:`tasks.data.sensors` (``watch``, naturally federated) and :mod:`tasks.data.table`
-(a user's own table) register themselves on import, here. :mod:`tasks.data.bounds` holds the
-datasets' declared public bounds, :mod:`tasks.data.partition` the simulation's partitioning and
-:mod:`tasks.data.node_files` the files a real participant's node reads.
+wage), :mod:`tasks.data.sensors` (``watch``) and :mod:`tasks.data.hapt` (``hapt``), naturally
+federated sensor data through the feature pipelines of :mod:`tasks.data.features`, and
+:mod:`tasks.data.table` (a user's own table) register themselves on import, here.
+:mod:`tasks.data.bounds` holds the datasets' declared public bounds, :mod:`tasks.data.partition`
+the simulation's partitioning and :mod:`tasks.data.node_files` the files a real participant's
+node reads.
 """
 
-from tasks.data import images, sensors, table, tabular  # noqa: F401  (plug-ins: register datasets)
+from tasks.data import hapt, images, sensors, table, tabular  # noqa: F401  (plug-ins: register datasets)
 from tasks.data.bounds import PUBLIC_BOUNDS, PublicBounds, public_bounds, register_public_bounds
 from tasks.data.node_files import (
     TaskShape,

@@ -121,6 +121,9 @@ def partition_indices(
             f"federation.num_clients must be <= the {len(labels)} training examples, "
             f"got {spec.num_partitions}"
         )
+    if spec.method == "iid":  # IidPartitioner keeps contiguous shards: shuffle first
+        order = np.random.default_rng(spec.seed).permutation(len(labels))
+        return [np.sort(order[p]) for p in _contiguous_shards(len(labels), spec.num_partitions)]
     import datasets
 
     table = datasets.Dataset.from_dict(
@@ -129,19 +132,43 @@ def partition_indices(
     partitioner = PARTITIONERS[spec.method](spec)
     partitioner.dataset = table  # type: ignore[attr-defined]
     try:
-        parts = [
-            np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)  # type: ignore[attr-defined]
-            for i in range(spec.num_partitions)
-        ]
+        return _all_partitions(partitioner, spec.num_partitions)
     except ValueError as err:
         raise ValueError(
             f"federation.partitioner={spec.method!r} cannot split {len(labels)} examples into "
             f"{spec.num_partitions} partitions: {err}"
         ) from err
-    if spec.method == "iid":  # IidPartitioner keeps contiguous shards: shuffle first
-        order = np.random.default_rng(spec.seed).permutation(len(labels))
-        parts = [np.sort(order[p]) for p in parts]
-    return parts
+
+
+def _contiguous_shards(n: int, num_partitions: int) -> list[np.ndarray]:
+    """Row numbers of ``IidPartitioner``'s partitions of ``n`` rows, without building them.
+
+    ``IidPartitioner.load_partition(i)`` is ``Dataset.shard(num_partitions, i,
+    contiguous=True)``: the first ``n % num_partitions`` shards hold one row more, exactly
+    :func:`numpy.array_split` (``tests/tasks/data/test_partition_speed.py`` compares the two).
+    Asking flwr-datasets for 1,000 shards took 2-3 s of every process that partitions.
+    """
+    return np.array_split(np.arange(n, dtype=np.int64), num_partitions)
+
+
+def _all_partitions(partitioner: object, num_partitions: int) -> list[np.ndarray]:
+    """Every partition's ``row`` column: one ``load_partition`` where the partitioner allows.
+
+    The Dirichlet and pathological partitioners compute all partitions on the first
+    ``load_partition`` and keep each one's row positions (``_partition_id_to_indices``);
+    the ``row`` column is the position itself, so those lists are read directly instead of
+    selecting (and converting) a dataset per partition, 1,000 times for 1,000 clients.
+    """
+    first = np.asarray(partitioner.load_partition(0)["row"], dtype=np.int64)  # type: ignore[attr-defined]
+    positions = getattr(partitioner, "_partition_id_to_indices", None)
+    if isinstance(positions, dict) and len(positions) == num_partitions:
+        parts = [np.asarray(positions[i], dtype=np.int64) for i in range(num_partitions)]
+        if np.array_equal(parts[0], first):  # the attribute still means what it meant
+            return parts
+    return [first] + [
+        np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)  # type: ignore[attr-defined]
+        for i in range(1, num_partitions)
+    ]
 
 
 def _natural_parts(owners: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
@@ -283,6 +310,7 @@ def specs_from_settings(
         settings.dataset_bounds,
         settings.dataset_normalization,
         settings.dataset_test_fraction,
+        settings.dataset_pipeline,
     )
     pspec = PartitionSpec(
         settings.partitioner,

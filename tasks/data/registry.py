@@ -74,7 +74,8 @@ class DatasetSpec:
     """What a source needs: a name, and the options of the sources that take any.
 
     For Hugging Face the hub name and column keys; for ``table`` the user's file and how to
-    read it (:mod:`tasks.data.table`).
+    read it (:mod:`tasks.data.table`); for the sensor datasets the feature pipeline
+    (:mod:`tasks.data.features`).
     """
 
     name: str
@@ -90,6 +91,7 @@ class DatasetSpec:
     bounds: str = default_of("dataset.bounds")
     normalization: str = default_of("dataset.normalization")
     test_fraction: float = default_of("dataset.test_fraction")
+    pipeline: str = default_of("dataset.pipeline")
 
 
 Loader = Callable[[DatasetSpec], DataBundle]

@@ -14,8 +14,9 @@ every exercise one of its two series (the arm drawn by ``seed``) is training dat
 seven others are shuffled (by ``seed``) into 3 validation and 4 test series. Series are cut
 into windows of :data:`WINDOW` samples every :data:`STRIDE` samples, left-arm series mirrored
 into the right arm's frame (:func:`mirror`, a fixed reflection, so that both arms' series of
-an exercise look alike); the values stay in their physical units (about unit scale: no
-statistic of any data is computed).
+an exercise look alike); the values stay in their physical units (about unit scale). The
+feature pipeline ``dataset.pipeline`` (:mod:`tasks.data.features`) then makes the examples:
+raw windows by default (no statistic of any data is computed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.data.features import sensor_bundle, windows
 from tasks.data.images import _ArraysOnlyUnpickler
 from tasks.data.registry import DataBundle, DatasetSpec, cache_dir, register_dataset
 from tasks.data.tabular import package_file
@@ -121,49 +123,30 @@ def mirror(series: np.ndarray) -> np.ndarray:
     return series * MIRROR
 
 
-def windows(series: np.ndarray, window: int = WINDOW, stride: int = STRIDE) -> np.ndarray:
-    """``(n, channels, window)`` windows of one ``(length, channels)`` series (none if short)."""
-    starts = range(0, len(series) - window + 1, stride)
-    if not starts:
-        return np.zeros((0, series.shape[1], window), dtype=np.float32)
-    return np.stack([series[i : i + window].T for i in starts]).astype(np.float32)
-
-
 @register_dataset("watch", natural=True)
 def _watch(spec: DatasetSpec) -> DataBundle:
     """The smartwatch exercises of seglearn: 10 subjects (owners), 7 classes, 6 x 128 windows.
 
     Training rows are each subject's training and validation windows (``val_train`` marks
     the validation ones); the test rows are the subjects' test windows, each with its owner.
+    The windows go through ``dataset.pipeline`` (:mod:`tasks.data.features`).
     """
     d = _watch_arrays()
     offsets = np.concatenate([[0], np.cumsum(d["lengths"])])
     owner_ids = {int(s): i for i, s in enumerate(np.unique(d["subject"]))}
-    part = split_series(d["y"], d["subject"], spec.seed)
-    xs: dict[bool, list[np.ndarray]] = {True: [], False: []}
-    ys: dict[bool, list[np.ndarray]] = {True: [], False: []}
-    owners: dict[bool, list[np.ndarray]] = {True: [], False: []}
-    val: list[np.ndarray] = []
+    series = []
     for i in range(len(d["y"])):
-        series = d["x"][offsets[i] : offsets[i + 1]]
-        w = windows(series if d["side"][i] == 1 else mirror(series))
-        test = bool(part[i] == 2)
-        xs[test].append(w)
-        ys[test].append(np.full(len(w), d["y"][i], dtype=np.int64))
-        owners[test].append(np.full(len(w), owner_ids[int(d["subject"][i])], dtype=np.int64))
-        if not test:
-            val.append(np.full(len(w), part[i] == 1, dtype=bool))
-    shape = (int(d["x"].shape[1]), WINDOW)
-    return DataBundle(
+        one = d["x"][offsets[i] : offsets[i + 1]]
+        series.append(one if d["side"][i] == 1 else mirror(one))
+    return sensor_bundle(
         "watch",
-        np.concatenate(xs[False]),
-        np.concatenate(ys[False]),
-        np.concatenate(xs[True]),
-        np.concatenate(ys[True]),
-        shape,
-        int(d["y"].max()) + 1,
-        owner_train=np.concatenate(owners[False]),
-        owner_test=np.concatenate(owners[True]),
+        series,
+        d["y"],
+        np.array([owner_ids[int(s)] for s in d["subject"]], dtype=np.int64),
+        split_series(d["y"], d["subject"], spec.seed),
+        num_classes=int(d["y"].max()) + 1,
         owner_names=tuple(f"subject {s}" for s in sorted(owner_ids)),
-        val_train=np.concatenate(val),
+        window=WINDOW,
+        stride=STRIDE,
+        pipeline=spec.pipeline,
     )

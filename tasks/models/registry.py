@@ -66,10 +66,16 @@ class ModelInfo:
         Kind of the exact objective of its trainable head (``"logistic"``, ``"linear"``) for
         models that implement :class:`~tasks.models.functional.FunctionalModel`; empty
         otherwise. A privacy mode whose ``model_capability`` is ``"objective"`` needs it.
+    grad_sample_mode : str
+        The exact Opacus per-sample-gradient mode DP-SGD uses for this model under
+        ``privacy.grad_sample_mode=auto`` (one of :data:`privacy.dpsgd.GRAD_SAMPLE_MODES`):
+        the fastest one measured on the CPU by ``bench/dp_overhead.py`` (results in
+        ``bench/dp_overhead_results.csv``), ``ew`` for models not measured there.
     """
 
     regression: bool = False
     objective: str = ""
+    grad_sample_mode: str = "ew"
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -81,13 +87,18 @@ MODEL_INFO: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, *, regression: bool = False, objective: str = ""
+    name: str, *, regression: bool = False, objective: str = "", grad_sample_mode: str = "ew"
 ) -> Callable[[Builder], Builder]:
-    """Register a model builder under ``name`` (``model.name`` in the config)."""
+    """Register a model builder under ``name`` (``model.name`` in the config).
+
+    ``grad_sample_mode`` is :attr:`ModelInfo.grad_sample_mode`: state the measured fastest.
+    """
 
     def deco(fn: Builder) -> Builder:
         MODELS[name] = fn
-        MODEL_INFO[name] = ModelInfo(regression=regression, objective=objective)
+        MODEL_INFO[name] = ModelInfo(
+            regression=regression, objective=objective, grad_sample_mode=grad_sample_mode
+        )
         return fn
 
     return deco

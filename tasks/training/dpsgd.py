@@ -13,8 +13,19 @@ from typing import Any
 from privacy import make_generator, make_private, plan_dpsgd, planned_round_event, would_exceed
 from privacy.dpsgd import DpSgdPlan
 from protocol.atomic import write_atomically
+from tasks.models.registry import model_info
 from tasks.training.local import LocalResult, LocalTask, noise_secret, sgd
 from tasks.training.loops import make_loader, train_epochs
+
+
+def grad_sample_mode(setting: str, model_name: str) -> str:
+    """The Opacus mode to run: ``privacy.grad_sample_mode``, or under ``auto`` the model's.
+
+    ``auto`` takes :attr:`tasks.models.registry.ModelInfo.grad_sample_mode`, the fastest exact
+    mode measured for ``model.name`` (``bench/dp_overhead.py``). Every mode clips and noises
+    the same sum, so the choice changes the speed only, never the plan or the ledger.
+    """
+    return model_info(model_name).grad_sample_mode if setting == "auto" else setting
 
 
 def plan_file(state_dir: Path, partition_id: int) -> Path:
@@ -113,7 +124,7 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
         max_grad_norm=c.max_grad_norm,
         generator=gen,
         secure=secure,
-        grad_sample_mode=c.grad_sample_mode,
+        grad_sample_mode=grad_sample_mode(c.grad_sample_mode, c.model_name),
     )
     start = time.perf_counter()
     train_epochs(
@@ -123,6 +134,7 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
         c.local_epochs,
         task.device,
         empty_step=private.empty_step,
+        reduce=private.loss,
     )
     seconds = time.perf_counter() - start
     ledger.record(private.event(task.server_round))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,12 +62,16 @@ def train_epochs(
     epochs: int,
     device: torch.device,
     empty_step: Callable[[], None] | None = None,
+    reduce: Callable[[torch.Tensor], Any] | None = None,
 ) -> TrainStats:
     """Run ``epochs`` passes of SGD (cross-entropy, or MSE for float targets); mean step loss.
 
     ``empty_step`` is called for an empty batch (Poisson sampling can draw one): DP-SGD still
     takes its noised step there (:meth:`privacy.dpsgd.PrivateTraining.empty_step`), as the
-    accounting assumes; without it an empty batch is skipped.
+    accounting assumes; without it an empty batch is skipped. ``reduce`` turns the batch's
+    per-sample losses into the loss to call ``backward()`` on (DP-SGD's
+    :meth:`privacy.dpsgd.PrivateTraining.loss`, which ghost clipping needs); without it, the
+    mean.
     """
     model.train()
     total, steps, seen = 0.0, 0, 0
@@ -79,7 +84,8 @@ def train_epochs(
                 continue
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(model(xb), yb)
+            out = model(xb)
+            loss = _loss(out, yb) if reduce is None else reduce(_loss(out, yb, reduction="none"))
             loss.backward()
             optimizer.step()
             total += float(loss.detach())

@@ -226,3 +226,34 @@ def test_node_killed_during_a_round_run_completes_with_the_others(
     clients = pd.read_csv(out / "clients.csv")
     trained = clients[clients["status"] == "trained"]
     assert sorted(trained["partition_id"]) == [0, 0, 1, 1]  # the others, in both rounds
+
+
+def test_personal_models_stay_on_the_nodes(deployment: LocalDeployment, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    ledgers = [deployment.node_spec(i).ledger_dir / f"client-{i}.json" for i in range(3)]
+    before = [_events(p) for p in ledgers]
+    proc = _submit(
+        deployment,
+        out,
+        "privacy=dpsgd",
+        "privacy.target_epsilon=2",  # within every node's max-epsilon after the runs above
+        "federation.rounds=1",
+        "federation.min_replies=3",
+        "personalization=finetune",
+        "personalization.epochs=2",
+    )
+    output = _finish(proc)
+    assert proc.returncode == 0, output
+    assert "personal: 3 of 3 nodes fine-tuned" in output, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["personalised_nodes"] == 3 and summary["personalisation_asked"] == 3
+    run_id = summary["run_id"]
+    assert not (out / "personal.csv").exists()  # the server's directory gets no accuracy
+    for i, ledger in enumerate(ledgers):
+        kept = ledger.parent.parent / "personal"
+        table = pd.read_csv(kept / f"personal-run-{run_id}.csv")
+        assert list(table["partition_id"]) == [i]
+        assert 0.0 <= float(table["personal_accuracy"].iloc[0]) <= 1.0
+        assert (kept / f"personal-model-run-{run_id}.npz").exists()
+        # one training round spent; the fine-tuning added no event to the ledger
+        assert _events(ledger) == before[i] + 1

@@ -152,3 +152,20 @@ def test_interrupted_sweep_reruns_only_what_is_missing_and_reports(sweep_dir: Pa
     )
     assert rep.returncode == 0, rep.stderr
     pd.testing.assert_frame_equal(pd.read_csv(sweep_dir / "sweep_results.csv"), table)
+
+
+def test_one_superlink_serves_the_whole_sweep(sweep_dir: Path) -> None:
+    res = _sweep(sweep_dir, "privacy.target_epsilon=2,4", *SMALL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    statuses = _statuses(sweep_dir)
+    assert len(statuses) == 2 and all(s["status"] == "completed" for s in statuses.values())
+    log = (sweep_dir / ".superlink" / "superlink.log").read_text()
+    assert log.count("Created run") == 2, log[-3000:]  # both runs on the one SuperLink
+    assert log.count("Uvicorn running on") == 1  # started once
+    for name in statuses:
+        run = sweep_dir / name
+        assert not (run / "superlink.log").exists(), f"{name} started its own SuperLink"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["rounds"] == 1 and summary["epsilon_max"] > 0
+        assert (run / "privacy.csv").exists() and (run / "accuracy_epsilon.png").exists()
+    assert not processes_in_home(sweep_dir), "the sweep's SuperLink outlived the sweep"

@@ -91,8 +91,10 @@ def test_personalization_is_checked_before_the_run() -> None:
     with pytest.raises(ValueError, match="needs a naturally federated dataset"):
         check_personalization(digits, "simulation")
     watch = _settings()
-    with pytest.raises(ValueError, match="runs in simulation only"):
-        check_personalization(watch, "deployment")
     check_personalization(watch, "simulation")
+    # a deployment's nodes fine-tune on their own files and keep the result: any dataset
+    check_personalization(digits, "deployment")
+    with pytest.raises(ValueError, match="personalization.epochs must be > 0"):
+        check_personalization(dataclasses.replace(digits, personalization_epochs=0), "deployment")
     none = dataclasses.replace(digits, personalization_mode="none")
     check_personalization(none, "deployment")

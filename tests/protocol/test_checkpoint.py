@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,20 +158,26 @@ def _settings(**kw) -> RunSettings:
 
 
 class _Grid:
-    """The two Grid methods the strategy and the round loop call (unit tests only)."""
+    """The Grid methods the strategy and the round loop call (unit tests only)."""
 
     def __init__(self, nodes: list[int]) -> None:
         self.nodes = nodes
-        self.sent: list[tuple[int, list[int], float | None]] = []
+        self.sent: list[tuple[int, list[int], float]] = []
+        self.pulls: list[float] = []
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
 
-    def send_and_receive(self, messages, *, timeout=None):
-        msgs = list(messages)
-        for m in msgs:
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
             rnd = int(m.content.config_records["config"]["server-round"])
-            self.sent.append((rnd, [m.metadata.dst_node_id], timeout))
+            self.sent.append((rnd, [m.metadata.dst_node_id], time.monotonic()))
+            ids.append(f"m{len(self.sent)}")
+        return ids
+
+    def pull_messages(self, message_ids):  # the nodes never answer
+        self.pulls.append(time.monotonic())
         return []
 
 
@@ -223,13 +230,15 @@ def test_run_rounds_starts_at_start_round_and_passes_the_timeout() -> None:
         grid=grid,
         initial_arrays=arrays,
         num_rounds=4,
-        timeout=7.5,
+        timeout=0.4,
         evaluate_fn=lambda r, a: evaluated.append(r),
         start_round=3,
     )
     assert evaluated == [3, 4]  # no round-0 evaluation, no rounds 1-2
     assert sorted({r for r, _, _ in grid.sent}) == [3, 4]
-    assert {t for _, _, t in grid.sent} == {7.5}
+    round_3, round_4 = (min(t for r, _, t in grid.sent if r == k) for k in (3, 4))
+    assert 0.4 <= round_4 - round_3 < 2.0  # each round waited out the timeout, no longer
+    assert len(grid.pulls) >= 6  # pulled several times within 0.4 s (Flower's grid: once)
     # silent nodes are recorded as failed, with the reason
     outcomes = strategy.rounds[3].outcomes
     assert sorted(o.node_id for o in outcomes) == [11, 12]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.settings import RunSettings
+from protocol.settings import GRAD_SAMPLE_MODES, RunSettings
 from tasks.data import ClientData, load_client_data, specs_from_settings
 from tasks.models import ModelSpec, build_model
 from tasks.training import LocalTask, MemoryLedgerStore, TrainConfig, trainer_for
@@ -46,18 +46,25 @@ def test_dpsgd_spends_cumulatively_then_declines_past_budget() -> None:
     assert len(store.ledger.events) == 2 and store.saves == 2
 
 
-def test_expanded_weights_and_hooks_compute_the_same_dp_sgd() -> None:
-    results = {}
-    for mode_name in ("ew", "hooks"):  # the same seeded noise: reproducible_noise
+def test_every_grad_sample_mode_computes_the_same_dp_sgd_and_ledger() -> None:
+    results, events = {}, {}
+    for mode_name in GRAD_SAMPLE_MODES:  # the same seeded noise: reproducible_noise
         settings = dataclasses.replace(
             SETTINGS, privacy_grad_sample_mode=mode_name, privacy_reproducible_noise=True
         )
         store = MemoryLedgerStore(settings.privacy_delta)
         results[mode_name] = trainer_for("dpsgd")(make_task(settings, 1, store, {}))
-    a, b = results["ew"].weights, results["hooks"].weights
-    assert a is not None and b is not None
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
+        events[mode_name] = store.ledger.to_json()
+    a = results["hooks"].weights
+    assert a is not None
+    for mode_name, result in results.items():
+        # accounting untouched: the same events (noise multiplier, sample rate, steps)
+        assert events[mode_name] == events["hooks"], mode_name
+        assert result.epsilon == results["hooks"].epsilon
+        b = result.weights
+        assert b is not None
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=mode_name)
 
 
 def test_no_privacy_mode_reports_infinite_epsilon_and_trains() -> None:
