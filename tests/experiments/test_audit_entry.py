@@ -93,7 +93,9 @@ def test_a_deployment_is_audited_only_when_asked() -> None:
 def test_no_privacy_gives_a_large_bound_and_dp_never_exceeds_its_claim(tmp_path: Path) -> None:
     audit = AuditGroup(canaries=300, attacks=["blackbox", "whitebox", "whitebox_known"])
     none, _ = run_audit(_settings("none"), audit)
-    assert none["claimed_epsilon"] is None and none["epsilon_lower_bound"] > 2.0
+    # 300 canaries: no privacy gave 1.6-2.6 over 18 runs (1,000 give 4.7, bench/audit.py);
+    # 1.2 is above the DP claim of 1 audited below, so the contrast is what is tested
+    assert none["claimed_epsilon"] is None and none["epsilon_lower_bound"] > 1.2
     fm, fm_table = run_audit(_settings("functional", claim=1.0), audit)
     assert fm["delta"] == 0.0  # pure DP: audited against delta 0
     assert (fm_table["epsilon_lower_bound"] <= 1.0).all()
