@@ -30,20 +30,18 @@ coordinate.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from privacy import derive_seed, make_generator, make_private, planned_round_event, would_exceed
+from privacy import derive_seed, make_generator
 from tasks.audit.attacks import ATTACK_CANARIES, ATTACKS, AttackView
 from tasks.audit.canaries import DiracCanaries
 from tasks.training import LocalResult, LocalTask
-from tasks.training.dpsgd import dpsgd_plan, grad_sample_mode
-from tasks.training.local import Trainer, noise_secret, sgd
-from tasks.training.loops import make_loader, train_epochs
+from tasks.training.dpsgd import dpsgd_plan, train_dpsgd
+from tasks.training.local import Trainer, noise_secret
 
 Weights = dict[str, np.ndarray]
 
@@ -107,44 +105,15 @@ def dirac_dpsgd(canaries: DiracCanaries, coins: np.ndarray) -> Trainer:
         raise ValueError(f"need one coin per canary, got {len(coins)} for {len(canaries)}")
 
     def train(task: LocalTask) -> LocalResult:
-        c = task.config
-        plan = dpsgd_plan(task)
-        ledger = task.ledger.load()
-        n = len(task.data.y_train)
-        if would_exceed(ledger, planned_round_event(plan, task.server_round), task.epsilon_budget):
-            return LocalResult(None, n, math.nan, ledger.epsilon(), "declined: budget")
         secure = noise_secret(task)
-        gen = make_generator(None if secure else task.seed, secure=secure)
         slots = make_generator(None if secure else derive_seed(task.seed, 0xCA), secure=secure)
-        loader = make_loader(task.data.x_train, task.data.y_train, c.batch_size, gen)
-        private = make_private(
-            model=task.model,
-            optimizer=sgd(task),
-            data_loader=loader,
-            plan=plan,
-            max_grad_norm=c.max_grad_norm,
-            generator=gen,
-            secure=secure,
-            grad_sample_mode=grad_sample_mode(c.grad_sample_mode, c.model_name),
-        )
-        install(private.optimizer, canaries, coins, c.max_grad_norm, plan.sample_rate, slots)
-        start = time.perf_counter()
-        train_epochs(
-            private.module,
-            private.data_loader,
-            private.optimizer,
-            c.local_epochs,
-            task.device,
-            empty_step=private.empty_step,
-            reduce=private.loss,
-        )
-        seconds = time.perf_counter() - start
-        ledger.record(private.event(task.server_round))
-        task.ledger.save(ledger)
-        weights = {
-            k: v.detach().cpu().numpy().copy() for k, v in private.plain_state_dict().items()
-        }
-        return LocalResult(weights, n, math.nan, ledger.epsilon(), "", seconds)
+
+        def plant(private: Any) -> None:
+            plan = dpsgd_plan(task)  # the plan train_dpsgd uses (read back from its file)
+            c = task.config
+            install(private.optimizer, canaries, coins, c.max_grad_norm, plan.sample_rate, slots)
+
+        return train_dpsgd(task, on_private=plant)
 
     return train
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def dpsgd_plan(task: LocalTask) -> DpSgdPlan:
     return DpSgdPlan(**plans[key])
 
 
-def train_dpsgd(task: LocalTask) -> LocalResult:
+def train_dpsgd(task: LocalTask, on_private: Callable[[Any], None] | None = None) -> LocalResult:
     """Opacus DP-SGD with a sample-level (epsilon, delta) budget over the whole run.
 
     The noise multiplier is calibrated once (for every round the client may take part in);
@@ -98,7 +99,8 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
     ledger's epsilon). The raw training loss is not returned (:attr:`LocalResult.train_loss`
     stays NaN). Noise and Poisson masks come from OS entropy, fresh for every session
     (so a round trained twice, e.g. after ``resume=``, gets fresh noise and a second ledger
-    event), unless ``privacy.reproducible_noise`` (no guarantee).
+    event), unless ``privacy.reproducible_noise`` (no guarantee). ``on_private``, when given, is
+    called with the wrapped model, optimizer and loader before training (the audit's canaries).
     """
     c = task.config
     plan = dpsgd_plan(task)
@@ -126,6 +128,8 @@ def train_dpsgd(task: LocalTask) -> LocalResult:
         secure=secure,
         grad_sample_mode=grad_sample_mode(c.grad_sample_mode, c.model_name),
     )
+    if on_private is not None:  # the audit's canary slots (tasks.audit.gradient) only
+        on_private(private)
     start = time.perf_counter()
     train_epochs(
         private.module,
