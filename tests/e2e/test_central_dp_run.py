@@ -23,59 +23,64 @@ ARGS = (
     "central_dp.count_stddev_fraction=0.2",  # 10 expected clients a round: m/20 is too small
     "federation.num_clients=50",
     "federation.fraction_train=0.2",
-    "federation.rounds=3",
+    "federation.rounds=5",  # kill after 2: three rounds of margin before the run could finish
     "federation.batch_size=16",
 )
+ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A central-DP run SIGKILLed after round 2 of 3, then resumed from its directory."""
+    """A central-DP run SIGKILLed after round 2 of 5, then resumed from its directory."""
     out = tmp_path_factory.mktemp("central-dp-run")
     run_killed_after(out, 2, *ARGS)
     before = PrivacyLedger.from_dict(json.loads((out / "ledgers" / "server.json").read_text()))
+    checkpointed = json.loads((out / "checkpoint" / "checkpoint.json").read_text())["round"]
     res = run_cli(out, f"resume={out}", timeout=400)
-    return {"out": out, "before": before, "res": res}
+    return {"out": out, "before": before, "checkpointed": checkpointed, "res": res}
 
 
 def test_resume_continues_the_server_ledger(resumed: dict) -> None:
     before = resumed["before"]
     rounds = [e.round for e in before.events]
-    assert rounds[:2] == [1, 2] and len(rounds) in (2, 3)  # killed after round 2 was written
+    assert rounds == list(range(1, len(rounds) + 1)) and 2 <= len(rounds) < ROUNDS
+    # a release is written to the ledger before its round's checkpoint, never after
+    assert resumed["checkpointed"] in (len(rounds), len(rounds) - 1)
     ledger = PrivacyLedger.from_dict(
         json.loads((resumed["out"] / "ledgers" / "server.json").read_text())
     )
-    assert [e.round for e in ledger.events] == [1, 2, 3]  # continued, none twice
-    assert ledger.events[:2] == before.events[:2]  # the released rounds are kept as they were
+    assert [e.round for e in ledger.events] == list(range(1, ROUNDS + 1))  # none twice
+    assert ledger.events[: len(rounds)] == before.events  # released rounds kept as they were
 
 
 def test_adaptive_central_dp_run_writes_the_server_ledger_within_budget(resumed: dict) -> None:
     tmp_path, res = resumed["out"], resumed["res"]
     assert res.returncode == 0, res.stdout + res.stderr
     assert "central_dp=adaptive (client-level epsilon 4, delta 1e-05" in res.stdout
-    assert "round   3/3" in res.stdout and "| client-level epsilon " in res.stdout
+    assert f"round   {ROUNDS}/{ROUNDS}" in res.stdout and "| client-level epsilon " in res.stdout
     assert ", client-level epsilon " in next(x for x in res.stdout.splitlines() if "done:" in x)
     ledger_file = json.loads((tmp_path / "ledgers" / "server.json").read_text())
     assert ledger_file["unit"] == "client" and ledger_file["plan"]["clipping"] == "adaptive"
     ledger = PrivacyLedger.from_dict(ledger_file)
-    assert [e.round for e in ledger.events] == [1, 2, 3]
+    assert [e.round for e in ledger.events] == list(range(1, ROUNDS + 1))
     assert {e.sample_rate for e in ledger.events} == {0.2}
 
     metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics["round"]) == list(range(ROUNDS + 1))
     eps = metrics["client_level_epsilon"].iloc[1:].to_numpy()
-    assert 0 < eps[0] < eps[1] < eps[2] <= TARGET
-    kept = metrics["kept_previous_model"].iloc[1:]
-    if len(resumed["before"].events) == 3:
-        # killed between round 3's release and its checkpoint: that release is spent, so the
-        # guard refuses to run round 3 again (the model of the lost release is not re-made)
-        assert bool(kept.iloc[2])
-        kept = kept.iloc[:2]
-    assert eps[2] == pytest.approx(ledger.epsilon(), rel=1e-9)
+    assert 0 < eps[0] and (np.diff(eps) > 0).all() and eps[-1] <= TARGET
+    kept = metrics["kept_previous_model"].iloc[1:].astype(bool).to_numpy()
+    lost = len(resumed["before"].events) > resumed["checkpointed"]
+    # killed between a round's release and its checkpoint: that release is spent, so the guard
+    # refuses to run that round again (the model of the lost release is not re-made)
+    assert kept.tolist() == [
+        r == len(resumed["before"].events) and lost for r in range(1, ROUNDS + 1)
+    ]
+    assert eps[-1] == pytest.approx(ledger.epsilon(), rel=1e-9)
     assert (metrics["clip_norm"].iloc[1:] > 0).all()
-    assert not kept.astype(bool).any()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["client_level_epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
-    assert summary["rounds"] == 3
+    assert summary["rounds"] == ROUNDS
     clients = pd.read_csv(tmp_path / "clients.csv")
     per_round = clients[clients["status"] == "trained"].groupby("round").size()
     assert per_round.sum() > 0  # Poisson-sampled: about 10 a round, not a fixed count
