@@ -34,7 +34,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments.audit import KIND_MODES, NEEDS_RELEASE, REPLAYS, run_audit
+from experiments.audit import run_audit
+from experiments.audit_plan import KIND_MODES, NEEDS_RELEASE, REPLAYS
 from experiments.audit_schema import DEFAULT_ATTACKS, AuditGroup
 from privacy import get_mode
 from protocol.atomic import write_with

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 
 from experiments.audit import (
-    check_audit_run,
     run_audit,
     split_argv,
     summary_line,
     write_results,
 )
+from experiments.audit_plan import check_audit_run
 from experiments.audit_schema import AuditGroup, parse_audit
 from protocol.settings import RunSettings
 

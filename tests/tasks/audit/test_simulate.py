@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fl_messages import server_identity, trained
 
-from experiments.audit import server_rule
+from experiments.audit_plan import server_rule
 from fl_server.objective import ObjectiveFedAvg, model_head_kind, noise_scale_of
 from fl_server.registry import make_strategy
 from protocol import keys
