@@ -3,9 +3,10 @@
 =================  ==========================================================================
 ``procs``          ports, environment (own ``FLWR_HOME``), stopping process trees, the slim
                    app copy ``flwr run`` packs, a simulation SuperLink shared by a sweep
-``launcher``       :class:`~experiments.processes.launcher.OwnedProcess`, the ``flwr`` CLI
-                   connection and ``LocalSimulation`` (the simulation engine); re-exports
-                   ``procs``
+``owned``          :class:`~experiments.processes.owned.OwnedProcess` (a long-running process
+                   owned by PID) and ``Tuning``
+``launcher``       the ``flwr`` CLI connection and ``LocalSimulation`` (the simulation
+                   engine); re-exports ``procs`` and ``owned``
 ``superlink``      the operator's ``flower-superlink`` (TLS, node authentication); register
                    and list SuperNodes
 ``supernode``      a participant's ``flower-supernode`` and its node config (``NodeSpec``)

@@ -2,10 +2,11 @@
 
 The pieces every other module here builds on: free loopback ports, waiting for a port,
 stopping a process with all its descendants, each process's own ``FLWR_HOME`` and environment
-(:func:`flower_env`; these live in :mod:`experiments.processes.procs` and are re-exported
-here), :class:`Tuning`, :class:`OwnedProcess` (one long-running process and its log, owned by
-PID), and :class:`FlowerCli` (submit, follow and stop runs with ``flwr``; it submits a slim
-copy of the app, :func:`~experiments.processes.procs.stage_app`).
+(:func:`flower_env`; these live in :mod:`experiments.processes.procs`), :class:`Tuning` and
+:class:`OwnedProcess` (one long-running process and its log, owned by PID; these live in
+:mod:`experiments.processes.owned`), all re-exported here, and :class:`FlowerCli` (submit,
+follow and stop runs with ``flwr``; it submits a slim copy of the app,
+:func:`~experiments.processes.procs.stage_app`).
 
 :class:`LocalSimulation` runs the apps on Flower's simulation engine. ``flwr run`` with the
 default local connection leaves a detached SuperLink behind and may ``uv sync`` the app's
@@ -31,6 +32,7 @@ from typing import IO, Any
 
 import psutil
 
+from experiments.processes.owned import POLL_ENV, OwnedProcess, Tuning, dial_address
 from experiments.processes.procs import (
     FAB_STAGE,
     REPO,
@@ -73,107 +75,6 @@ __all__ = [
 ]
 
 CONNECTION = "fedpriv"
-
-
-POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
-"""Flower's SuperExec (which starts ServerApp and ClientApp processes) polls for new tasks every
-second by default; this environment variable sets the interval (0.01 .. 60 s)."""
-
-
-@dataclass
-class Tuning:
-    """Flower settings that change a deployment's latency (see ``bench/deploy_latency.py``).
-
-    Attributes
-    ----------
-    isolation
-        ``subprocess`` (Flower's default: the SuperLink/SuperNode starts its own SuperExec) or
-        ``process`` (we start ``flower-superexec`` beside it, as a separate process).
-    task_poll_interval
-        Seconds between the SuperExec's polls for new app tasks (``None``: Flower's 1 s).
-    """
-
-    isolation: str = "subprocess"
-    task_poll_interval: float | None = None
-
-    def env(self) -> dict[str, str]:
-        """Extra environment for Flower processes."""
-        if self.task_poll_interval is None:
-            return {}
-        return {POLL_ENV: str(self.task_poll_interval)}
-
-
-def dial_address(host: str, port: int) -> str:
-    """``host:port`` to dial a server bound to ``host`` (a wildcard bind is dialled on loopback)."""
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-
-
-class OwnedProcess:
-    """One long-running process (plus any helper beside it, e.g. a SuperExec), owned by PID.
-
-    Every process is started in its own session, with its own ``FLWR_HOME`` under ``workdir``
-    and its log there, and stopped with its descendants (Flower's ``flower-superexec`` and the
-    app processes) by :func:`stop_process_tree`.
-    """
-
-    name = "flower process"
-
-    def __init__(
-        self, workdir: Path, tuning: Tuning | None, extra_env: Mapping[str, str] | None = None
-    ) -> None:
-        self.workdir = workdir
-        self.tuning = tuning or Tuning()
-        self.extra_env = dict(extra_env or {})
-        self.flwr_home = workdir / ".flwr"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._logs: list[IO[bytes]] = []
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The process environment (own ``FLWR_HOME``, tuning variables, ``extra_env``)."""
-        return flower_env(self.flwr_home, {**self.tuning.env(), **self.extra_env})
-
-    @property
-    def proc(self) -> subprocess.Popen[bytes] | None:
-        """The main process (None before start)."""
-        return self.procs[0] if self.procs else None
-
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / log_name, "ab")  # noqa: SIM115
-        self._logs.append(log)
-        proc = subprocess.Popen(
-            args,
-            env=self.env,
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        """Stop every process this object started, and their descendants, by PID."""
-        for proc in reversed(self.procs):
-            stop_process_tree(proc, grace=5)
-        self.procs.clear()
-        for log in self._logs:
-            log.close()
-        self._logs.clear()
-
-    def kill(self) -> None:
-        """SIGKILL the main process and its descendants at once (a crash, for tests)."""
-        for proc in reversed(self.procs):
-            stop_process_tree(proc, grace=0)
-        self.procs.clear()
-
-    def __enter__(self) -> OwnedProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 COMPLETED = "finished:completed"

@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 
 from experiments.processes.certs import DevPki
-from experiments.processes.launcher import OwnedProcess, dial_address, free_port, wait_for_port
+from experiments.processes.owned import OwnedProcess, dial_address
+from experiments.processes.procs import free_port, wait_for_port
 
 FLEET_PREFIX = "/v1/fleet/"
 """The only path prefix participants may reach."""

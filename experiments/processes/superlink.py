@@ -13,17 +13,9 @@ import json
 from pathlib import Path
 
 from experiments.processes.certs import DevPki
-from experiments.processes.launcher import (
-    CONNECTION,
-    REPO,
-    FlowerCli,
-    OwnedProcess,
-    Tuning,
-    bin_path,
-    dial_address,
-    free_port,
-    wait_for_port,
-)
+from experiments.processes.launcher import CONNECTION, FlowerCli
+from experiments.processes.owned import OwnedProcess, Tuning, dial_address
+from experiments.processes.procs import REPO, bin_path, free_port, wait_for_port
 
 
 class SuperLink(OwnedProcess):

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.processes.launcher import OwnedProcess, Tuning, bin_path, free_port, wait_for_port
+from experiments.processes.owned import OwnedProcess, Tuning
+from experiments.processes.procs import bin_path, free_port, wait_for_port
 
 
 @dataclass
