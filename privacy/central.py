@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from privacy.accounting import calibrate_noise
+from privacy.calibration_cache import calibrated_noise
 from privacy.ledger import PrivacyLedger, SampledGaussianEvent
 from privacy.rng import hardened_normal, make_generator
 
@@ -174,7 +174,7 @@ def plan_central(
             f"federation.fraction_train={sample_rate:g} gives {m:.3g} expected clients a round "
             f"(federation.num_clients={num_clients}); central DP needs at least 1"
         )
-    z = calibrate_noise("pld", target_epsilon, delta, sample_rate, rounds)
+    z = calibrated_noise("pld", target_epsilon, delta, sample_rate, rounds)  # searched once
     sigma_b = count_stddev_fraction * m if CLIPPINGS[clipping].noisy_count else 0.0
     z_u = z
     if sigma_b > 0:
