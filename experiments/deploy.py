@@ -13,7 +13,8 @@ Commands (README "Running on several machines"):
     forgetting what its data spent: with a warning).
 ``supernode``
     Start a participant's SuperNode: SuperLink address, CA, private key, data file, ledger dir,
-    and the node's own policy (``--max-epsilon``, ``--privacy-modes``, ``--allow-evaluation``).
+    and the node's own policy (``--max-epsilon``, ``--max-delta``, ``--privacy-modes``,
+    ``--allow-evaluation``).
 ``export-partitions``
     Write one data file per node from a dataset partition (demo and tests).
 ``local``
@@ -197,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
         help="node policy: the most epsilon this data may spend over all runs",
     )
     n.add_argument(
+        "--max-delta",
+        type=float,
+        default=None,
+        help="node policy: the largest privacy.delta it trains under (default: only delta < 1/n)",
+    )
+    n.add_argument(
         "--privacy-modes",
         default="dpsgd,functional",
         help="node policy: the privacy modes it trains under (comma-separated; DP only)",
@@ -319,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             args.data,
             args.ledger_dir,
             max_epsilon=args.max_epsilon,
+            max_delta=args.max_delta,
             privacy_modes=args.privacy_modes,
             allow_evaluation=args.allow_evaluation,
             approved_fabs=tuple(args.approve_fab),

@@ -11,11 +11,20 @@ operator sets (``experiments.deploy supernode --max-epsilon ... --privacy-modes 
 ``allow-evaluation``  whether federated evaluation on its validation data is allowed (default
                       false)
 ``accountant``        the accountant its ledger uses (default ``pld``)
+``max-delta``         the largest ``privacy.delta`` it trains under (optional; ``0 < x < 1``)
 
 and checks the delta rule (``privacy.delta < 1/n``) against its **own** record count. A run
 that asks for anything else is declined with the reason; the node never trains under it.
 A simulated node (no ``data-path``) belongs to the experimenter who also runs the server: its
 policy is the run's.
+
+The guarantee a node can state is ``(max-epsilon, delta)`` over all runs on its data, with
+``delta`` the largest ``privacy.delta`` of any run that spent it. The ledger's epsilon at a run's
+delta is checked against the budget, and epsilon is non-increasing in delta, so a server that
+raises ``privacy.delta`` lowers the epsilon the ledger reports and can release more.
+``max-delta`` closes that: every run is then at or under it, so the ledger's epsilon at
+``max-delta`` is at most its epsilon at the run's delta, at most ``max-epsilon``, and the node's
+guarantee is ``(max-epsilon, max-delta)`` whatever the server sends.
 """
 
 from __future__ import annotations
@@ -46,6 +55,18 @@ def _bool(value: Any, key: str) -> bool:
     raise ValueError(f"node config {key} must be true or false, got {value!r}")
 
 
+def _max_delta(node: Mapping[str, Any]) -> float:
+    if "max-delta" not in node:
+        return 1.0
+    try:
+        cap = float(node["max-delta"])
+    except (TypeError, ValueError):
+        cap = math.nan
+    if not 0 < cap < 1:
+        raise ValueError(f"node config max-delta must be in (0, 1), got {node['max-delta']!r}")
+    return cap
+
+
 @dataclass(frozen=True)
 class NodePolicy:
     """What a node allows, whatever the run config says (see the module docstring)."""
@@ -54,6 +75,8 @@ class NodePolicy:
     modes: tuple[str, ...] = dataclasses.field(default_factory=private_modes)
     allow_evaluation: bool = False
     accountant: str = "pld"
+    max_delta: float = 1.0
+    """The largest ``privacy.delta`` allowed (1: no cap beyond ``delta < 1/n``)."""
     strict_ledger: bool = False
     """A deployment node's ledger must exist (created at set-up) and never shrink."""
     owned: bool = False
@@ -84,6 +107,7 @@ class NodePolicy:
         )
         return cls(
             max_epsilon=cap,
+            max_delta=_max_delta(node),
             modes=modes,
             allow_evaluation=_bool(node.get("allow-evaluation", False), "allow-evaluation"),
             accountant=str(node.get("accountant", "pld")),
@@ -121,6 +145,11 @@ class NodePolicy:
                 f"privacy.accountant={settings.privacy_accountant!r}"
             )
         spends_delta = mode in MODES and MODES[mode].delta_spent(settings)
+        if spends_delta and settings.privacy_delta > self.max_delta:
+            return (
+                f"declined: node policy caps delta at {self.max_delta:g}; the run asks for "
+                f"privacy.delta={settings.privacy_delta:g}"
+            )
         if spends_delta and settings.privacy_delta * n_train >= 1:
             return (
                 f"declined: privacy.delta={settings.privacy_delta:g} is not below 1/n for this "

@@ -37,6 +37,8 @@ class NodeSpec:
     every run."""
     privacy_modes: str = "dpsgd,functional"
     allow_evaluation: bool = False
+    max_delta: float | None = None
+    """The largest ``privacy.delta`` the node trains under (None: only ``delta < 1/n``)."""
     approved_fabs: tuple[str, ...] = ()
     """FAB hashes this node runs (``experiments.processes.fab_guard``); empty: any app (not
     advised)."""
@@ -50,6 +52,7 @@ class NodeSpec:
             "max-epsilon": float(self.max_epsilon),
             "privacy-modes": self.privacy_modes,
             "allow-evaluation": "true" if self.allow_evaluation else "false",
+            **({} if self.max_delta is None else {"max-delta": float(self.max_delta)}),
             **self.extra_config,
         }
         return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,14 @@ def test_node_config_parses_as_flower_reads_it(tmp_path: Path) -> None:
     assert parsed["partition-id"] == 2
     assert parsed["data-path"] == str((tmp_path / "my data.csv").resolve())
     assert parsed["ledger-dir"] == str((tmp_path / "ledger").resolve())
+
+
+def test_node_config_carries_the_delta_cap_only_when_set(tmp_path: Path) -> None:
+    from fl_client.policy import NodePolicy
+
+    spec = NodeSpec(0, tmp_path / "k", tmp_path / "d", tmp_path / "l")
+    plain = parse_config_args([spec.node_config()])
+    assert "max-delta" not in plain and NodePolicy.from_node_config(plain).max_delta == 1.0
+    spec = dataclasses.replace(spec, max_delta=1e-6)
+    capped = parse_config_args([spec.node_config()])
+    assert NodePolicy.from_node_config(capped).max_delta == 1e-6

@@ -98,6 +98,14 @@ def test_policy_from_node_config() -> None:
         ({"data-path": "x.csv", "ledger-dir": "l"}, "max-epsilon is required"),
         ({"data-path": "x.csv", "ledger-dir": "l", "max-epsilon": -1}, "max-epsilon must be > 0"),
         (
+            {"data-path": "x", "ledger-dir": "l", "max-epsilon": 1, "max-delta": 1},
+            r"max-delta must be in \(0, 1\), got 1",
+        ),
+        (
+            {"data-path": "x", "ledger-dir": "l", "max-epsilon": 1, "max-delta": "tiny"},
+            "max-delta must be in",
+        ),
+        (
             {"data-path": "x", "ledger-dir": "l", "max-epsilon": 1, "allow-evaluation": "yes"},
             "allow-evaluation must be true or false",
         ),
@@ -132,6 +140,28 @@ def test_a_node_refuses_reproducible_noise_and_a_wrong_delta(
     assert "never derives noise from the run's seed" in _train(_node(data_file, tmp_path), rep)[1]
     big_delta = RunSettings(num_clients=3, num_rounds=2, privacy_delta=0.1)
     assert "not below 1/n" in _train(_node(data_file, tmp_path), big_delta)[1]
+
+
+def test_a_node_caps_delta_so_a_larger_delta_cannot_stretch_its_budget(
+    data_file: Path, tmp_path: Path
+) -> None:
+    """The same events give a smaller epsilon at a larger delta: ``max-delta`` stops that."""
+    from privacy.accounting import get_accountant
+
+    pld = get_accountant("pld")
+    history = ((1.0, 0.01, 1000),)
+    assert pld.epsilon(history, 1e-3) < 0.8 * pld.epsilon(history, 1e-5)  # what a server gains
+    init_ledger(tmp_path, 0)
+    node = _node(data_file, tmp_path, max_delta=1e-5)
+    assert NodePolicy.from_node_config(node).max_delta == 1e-5
+    larger = RunSettings(num_clients=3, num_rounds=2, privacy_delta=1e-4)  # still < 1/n
+    declined, reason, sent = _train(node, larger)
+    assert declined == 1 and not sent
+    assert "caps delta at 1e-05; the run asks for privacy.delta=0.0001" in reason
+    assert PrivacyLedger.load(tmp_path / "client-0.json").events == ()
+    assert NodePolicy.from_node_config(_node(data_file, tmp_path)).refuse_train(larger, 500) == ""
+    declined, reason, sent = _train(node, RunSettings(num_clients=3, num_rounds=2))  # 1e-5
+    assert declined == 0 and sent, reason
 
 
 def test_a_node_enforces_delta_when_the_server_picks_gaussian_functional_noise(
