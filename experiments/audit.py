@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.audit_plan import (
     PLANTERS,
+    audit_clients,
     audit_delta,
     check_audit_run,
     check_engine,
@@ -58,11 +59,10 @@ from tasks.audit import (
 )
 from tasks.audit.attacks import AttackView
 from tasks.data import (
-    load_client_data,
     load_dataset,
     specs_from_settings,
 )
-from tasks.models import build_model, model_spec, set_weights
+from tasks.models import build_model, set_weights
 from tasks.training import TrainConfig, evaluate
 
 register_schema()
@@ -80,13 +80,8 @@ def run_audit(settings: RunSettings, audit: AuditGroup) -> tuple[dict[str, Any],
     after every attack has scored.
     """
     t0 = time.perf_counter()
-    dspec, pspec = specs_from_settings(settings)
-    bundle = load_dataset(dspec)
-    spec = model_spec(settings, bundle.input_shape, bundle.num_classes)
-    data = {
-        pid: load_client_data(dspec, pspec, pid, settings.val_fraction)
-        for pid in range(settings.num_clients)
-    }
+    spec, data = audit_clients(settings)
+    bundle = load_dataset(specs_from_settings(settings)[0])  # cached: the test split
     coins = draw_coins(audit.canaries)  # secret: read only after every attack has scored
     own = data[audit.client]
     planted = PLANTERS[audit.canary_kind](settings, audit, spec, own, coins)

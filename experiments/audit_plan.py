@@ -30,9 +30,15 @@ from tasks.audit import (
     objective_sum,
 )
 from tasks.audit.simulate import Aggregator
-from tasks.data import PUBLIC_BOUNDS, load_dataset, public_bounds, specs_from_settings
+from tasks.data import (
+    PUBLIC_BOUNDS,
+    load_client_data,
+    load_dataset,
+    public_bounds,
+    specs_from_settings,
+)
 from tasks.data.partition import ClientData
-from tasks.models import build_model
+from tasks.models import build_model, model_spec
 from tasks.models.registry import ModelSpec
 from tasks.training.local import Trainer
 
@@ -182,6 +188,18 @@ PLANTERS: dict[str, Planter] = {"input": plant_input, "gradient": plant_gradient
 """Per ``audit.canary_kind``: how its canaries enter the audited client's training."""
 KIND_MODES: dict[str, tuple[str, ...] | None] = {"input": None, "gradient": ("dpsgd",)}
 """Per ``audit.canary_kind``: the privacy modes it can audit (None: all)."""
+
+
+def audit_clients(settings: RunSettings) -> tuple[ModelSpec, dict[int, ClientData]]:
+    """The model every client builds and every client's data, loaded as the ClientApps load it."""
+    dspec, pspec = specs_from_settings(settings)
+    bundle = load_dataset(dspec)
+    spec = model_spec(settings, bundle.input_shape, bundle.num_classes)
+    data = {
+        pid: load_client_data(dspec, pspec, pid, settings.val_fraction)
+        for pid in range(settings.num_clients)
+    }
+    return spec, data
 
 
 def claimed_epsilon(settings: RunSettings) -> float:

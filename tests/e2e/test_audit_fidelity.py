@@ -20,12 +20,10 @@ import numpy as np
 import pytest
 from e2e_cli import run_cli
 
-from experiments.audit_plan import server_rule
+from experiments.audit_plan import audit_clients, server_rule
 from protocol.checkpoint import load_checkpoint
 from protocol.settings import RunSettings
 from tasks.audit import AuditFederation, run_federation
-from tasks.data import load_client_data, load_dataset, specs_from_settings
-from tasks.models import model_spec
 from tasks.training import TrainConfig
 
 COMMON = (
@@ -39,13 +37,7 @@ COMMON = (
 
 
 def _in_process(settings: RunSettings) -> dict[str, np.ndarray]:
-    dspec, pspec = specs_from_settings(settings)
-    bundle = load_dataset(dspec)
-    spec = model_spec(settings, bundle.input_shape, bundle.num_classes)
-    data = {
-        pid: load_client_data(dspec, pspec, pid, settings.val_fraction)
-        for pid in range(settings.num_clients)
-    }
+    spec, data = audit_clients(settings)
     fed = AuditFederation(
         TrainConfig.from_settings(settings), spec, settings.seed, 0, server_rule(settings)
     )

@@ -8,17 +8,14 @@ personalise_nodes`) runs against a grid that answers with the node's own handler
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from fl_messages import server_identity
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 import fl_client.app as client_app
-from experiments.local_deployment import export_partitions
 from fl_client.personal import personal_dir
 from fl_server.personal import personalise_nodes
 from privacy.ledger_file import init_ledger
@@ -34,17 +31,6 @@ RUN = RunSettings(
     personalization_on_nodes=True,
 )
 SPEC = ModelSpec("mlp", (1, 8, 8), 10)
-
-
-@pytest.fixture(autouse=True)
-def _identity() -> Iterator[None]:
-    with server_identity():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_partitions(tmp_path_factory.mktemp("data"), 3, "npz", ["dataset=digits"])[0]
 
 
 def _context(data: Path, node_dir: Path) -> Context:

@@ -10,16 +10,13 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fl_messages import server_identity
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 import fl_client.app as client_app
-from experiments.local_deployment import export_partitions
 from fl_client.policy import NodePolicy
 from privacy import PrivacyLedger, SampledGaussianEvent
 from privacy.ledger_file import LedgerFile, LedgerLostError, init_ledger
@@ -29,17 +26,6 @@ from protocol.settings import RunSettings
 from tasks.models import ModelSpec, build_model, get_weights
 
 RUN = RunSettings(num_clients=3, num_rounds=2, privacy_target_epsilon=2.0)
-
-
-@pytest.fixture(autouse=True)
-def _identity() -> Iterator[None]:
-    with server_identity():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_partitions(tmp_path_factory.mktemp("data"), 3, "npz", ["dataset=digits"])[0]
 
 
 def _node(data: Path, ledger: Path, **policy: object) -> dict:

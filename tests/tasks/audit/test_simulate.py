@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from fl_messages import server_identity, trained
 
-from experiments.audit_plan import server_rule
+from experiments.audit_plan import audit_clients, server_rule
 from fl_server.objective import ObjectiveFedAvg, model_head_kind, noise_scale_of
 from fl_server.registry import make_strategy
 from protocol import keys
 from protocol.records import from_record, to_record
 from protocol.settings import RunSettings
 from tasks.audit import AuditFederation, Reply, fedavg, replay_round, run_federation
-from tasks.data import load_client_data, load_dataset, specs_from_settings
-from tasks.models import get_weights, model_spec
+from tasks.models import get_weights
 from tasks.models.functional import FUNCTIONAL_HEAD
 from tasks.models.registry import build_model
 from tasks.training import TrainConfig
@@ -37,13 +36,7 @@ def _functional(**extra: object) -> RunSettings:
 
 
 def _federation(settings: RunSettings) -> tuple[AuditFederation, dict]:
-    dspec, pspec = specs_from_settings(settings)
-    bundle = load_dataset(dspec)
-    spec = model_spec(settings, bundle.input_shape, bundle.num_classes)
-    data = {
-        pid: load_client_data(dspec, pspec, pid, settings.val_fraction)
-        for pid in range(settings.num_clients)
-    }
+    spec, data = audit_clients(settings)
     config = TrainConfig.from_settings(settings)
     return AuditFederation(config, spec, settings.seed, 0, server_rule(settings)), data
 
