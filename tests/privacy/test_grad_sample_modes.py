@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from privacy import make_generator, make_private
-from privacy.dpsgd import GRAD_SAMPLE_MODES, DpSgdPlan
+from privacy.dpsgd import GRAD_SAMPLE_MODES, DpSgdPlan, PrivateTraining
 from tasks.models import MODEL_INFO, ModelSpec, build_model, model_info
 from tasks.training import make_loader, train_epochs
 from tasks.training.dpsgd import grad_sample_mode
@@ -58,13 +58,12 @@ def _reference_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     return -total / len(y)
 
 
-def _private_step(model: nn.Module, x: np.ndarray, y: np.ndarray, mode: str) -> torch.Tensor:
-    """The weight change of one full-batch, noiseless DP-SGD step in ``mode`` (lr 1)."""
-    before = _flat(model)
+def _noiseless(model: nn.Module, x: np.ndarray, y: np.ndarray, mode: str) -> PrivateTraining:
+    """``make_private`` with zero noise, one full batch (sample rate 1) and SGD at lr 1."""
     gen = make_generator(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pt = make_private(
+        return make_private(
             model=model,
             optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
             data_loader=make_loader(x, y, len(y), gen),
@@ -73,6 +72,14 @@ def _private_step(model: nn.Module, x: np.ndarray, y: np.ndarray, mode: str) -> 
             generator=gen,
             grad_sample_mode=mode,
         )
+
+
+def _private_step(model: nn.Module, x: np.ndarray, y: np.ndarray, mode: str) -> torch.Tensor:
+    """The weight change of one full-batch, noiseless DP-SGD step in ``mode`` (lr 1)."""
+    before = _flat(model)
+    pt = _noiseless(model, x, y, mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         stats = train_epochs(
             pt.module,
             pt.data_loader,
@@ -158,18 +165,9 @@ def test_auto_takes_the_models_measured_mode_and_every_model_names_an_exact_one(
 def test_ghost_refuses_a_step_whose_gradient_was_not_clipped() -> None:
     x, y = _data((5,))
     model = nn.Sequential(nn.Linear(5, 3))
-    gen = make_generator(0)
+    pt = _noiseless(model, x, y, "ghost")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pt = make_private(
-            model=model,
-            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-            data_loader=make_loader(x, y, len(y), gen),
-            plan=_zero_noise_plan(len(y)),
-            max_grad_norm=CLIP,
-            generator=gen,
-            grad_sample_mode="ghost",
-        )
         before = _flat(model)
         with pytest.raises(RuntimeError, match="grad_sample_mode=ghost.*not clipped"):
             # a plain mean loss: Opacus would noise the unclipped gradient
